@@ -1,0 +1,42 @@
+# Developer targets (the Go library's names). Every target works on a fresh machine:
+# `scripts/bootstrap.sh` installs the Python packages and builds the interop peers first.
+PYTHON ?= python3
+FUZZTIME ?= 10
+PYTEST ?= $(PYTHON) -m pytest
+
+.PHONY: bootstrap test test-short bench fuzz coverage check lint typecheck format demo
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+test: bootstrap
+	$(PYTEST)
+
+test-short: bootstrap
+	$(PYTEST) -m "not slow and not interop and not netns"
+
+lint: bootstrap
+	$(PYTHON) -m ruff check glueberry tests fuzz bench
+	$(PYTHON) -m ruff format --check glueberry tests fuzz bench
+
+typecheck: bootstrap
+	$(PYTHON) -m mypy
+
+format:
+	$(PYTHON) -m ruff format glueberry tests fuzz bench
+	$(PYTHON) -m ruff check --fix glueberry tests fuzz bench
+
+fuzz: bootstrap
+	FUZZTIME=$(FUZZTIME) $(PYTHON) fuzz/run.py
+
+coverage: bootstrap
+	$(PYTEST) --cov=glueberry --cov-branch --cov-report=term-missing
+
+bench: bootstrap
+	$(PYTHON) bench/run.py
+
+check: lint typecheck test
+
+demo:
+	$(PYTHON) -m pip install -q -e .
+	$(PYTHON) -m glueberry demo

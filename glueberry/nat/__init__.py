@@ -1,0 +1,1 @@
+"""NAT traversal: circuit relay v2, DCUtR, AutoNAT, UPnP and NAT-PMP."""

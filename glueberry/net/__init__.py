@@ -1,0 +1,1 @@
+"""asyncio drivers that run the ``proto`` machines over ``transport`` connections."""

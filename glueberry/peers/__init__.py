@@ -1,0 +1,1 @@
+"""The Glueberry application layer: address book, peer states, reconnection, channels."""

@@ -1,0 +1,1 @@
+"""I/O edge: sockets to byte streams and datagrams. asyncio lives here and in ``net``."""

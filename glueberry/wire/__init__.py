@@ -1,0 +1,1 @@
+"""Pure data types and codecs: no I/O, no clocks, no state machines."""
