@@ -3,6 +3,7 @@
 PYTHON ?= python3
 FUZZTIME ?= 10
 PYTEST ?= $(PYTHON) -m pytest
+SRC := $(wildcard glueberry tests fuzz bench)
 
 .PHONY: bootstrap test test-short bench fuzz coverage check lint typecheck format demo
 
@@ -16,15 +17,15 @@ test-short: bootstrap
 	$(PYTEST) -m "not slow and not interop and not netns"
 
 lint: bootstrap
-	$(PYTHON) -m ruff check glueberry tests fuzz bench
-	$(PYTHON) -m ruff format --check glueberry tests fuzz bench
+	$(PYTHON) -m ruff check $(SRC)
+	$(PYTHON) -m ruff format --check $(SRC)
 
 typecheck: bootstrap
 	$(PYTHON) -m mypy
 
 format:
-	$(PYTHON) -m ruff format glueberry tests fuzz bench
-	$(PYTHON) -m ruff check --fix glueberry tests fuzz bench
+	$(PYTHON) -m ruff format $(SRC)
+	$(PYTHON) -m ruff check --fix $(SRC)
 
 fuzz: bootstrap
 	FUZZTIME=$(FUZZTIME) $(PYTHON) fuzz/run.py
