@@ -1,0 +1,462 @@
+"""TCP transport on ``asyncio.Protocol`` (IPv4 and IPv6).
+
+Spec: libp2p connections over TCP carry an upgrade pipeline (multistream-select, a security
+handshake, a muxer), https://github.com/libp2p/specs/blob/master/connections/README.md. This
+module only moves bytes; the upgrade lives in :mod:`glueberry.net.upgrader`.
+
+Theory of operation
+-------------------
+:class:`TcpConnection` *is* the ``asyncio.Protocol`` of its socket, so a received chunk costs
+one callback and no task switch (performance.md: a ``StreamReader`` adds about 0.5 µs per
+message). It implements :class:`glueberry.transport.base.RawConnection` in two modes:
+
+* pull mode (connection set-up): chunks are buffered and ``await read()`` returns everything
+  buffered so far. When more than :data:`PULL_BUFFER_LIMIT` bytes are waiting the socket is
+  paused, so a peer that floods a half-finished handshake cannot grow memory.
+* push mode (data path): after :meth:`TcpConnection.set_receiver` every chunk goes straight to
+  the receiver's ``data_received`` from the loop callback. Bytes buffered in pull mode, and an
+  EOF or loss already seen, are replayed synchronously inside ``set_receiver`` first.
+
+Writes never block; ``await drain()`` waits while the transport is above its write high-water
+mark (``pause_writing``/``resume_writing``), which is how backpressure reaches the socket.
+
+Protocol callback order (asyncio's): ``connection_made -> data_received* -> eof_received? ->
+connection_lost``. On EOF the transport is closed (queued writes are flushed first): libp2p
+never half-closes TCP, and closing at once means a dead peer cannot pin a socket.
+
+Listeners (:class:`TcpListener`) call a plain synchronous ``on_connection(conn)`` callback for
+every accepted socket and create no tasks themselves: the owner (the upgrader) decides which
+task group runs the connection, so nothing outlives its owner (architecture C10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from glueberry.errors import ConnectError, ConnectionLost, ConnectTimeout, LocalProtocolError
+
+if TYPE_CHECKING:
+    from glueberry.transport.base import ByteReceiver
+
+logger = logging.getLogger(__name__)
+
+#: In pull mode, stop reading from the socket while this many bytes wait unread.
+PULL_BUFFER_LIMIT: Final = 256 * 1024
+#: Transport write buffer high-water mark; ``drain()`` waits above it.
+WRITE_HIGH_WATER: Final = 1024 * 1024
+WRITE_LOW_WATER: Final = 256 * 1024
+
+ConnectionCallback = Callable[["TcpConnection"], None]
+
+
+def _addr2(addr: object) -> tuple[str, int]:
+    """``(host, port)`` from a sockname/peername (IPv6 gives four fields; keep two)."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return ("", 0)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One TCP connection: an ``asyncio.Protocol`` that implements ``RawConnection``.
+
+    Not constructed directly: use :func:`dial` or :class:`TcpListener`.
+    """
+
+    transport_name = "tcp"
+
+    def __init__(self, on_made: ConnectionCallback | None = None) -> None:
+        self._on_made = on_made
+        self._transport: asyncio.Transport | None = None
+        self.local_address: tuple[str, int] = ("", 0)
+        self.remote_address: tuple[str, int] = ("", 0)
+        # pull mode state
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._eof = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._receiver: ByteReceiver | None = None
+        # flow control
+        self._user_paused = False
+        self._pull_paused = False
+        self._write_paused = False
+        self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # lifecycle
+        self._lost = False
+        self._lost_exc: BaseException | None = None
+        self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"<TcpConnection {self.local_address} -> {self.remote_address}>"
+
+    # --- asyncio.Protocol callbacks -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio already sets this on TCP sockets; be explicit, it matters for latency.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.local_address = _addr2(transport.get_extra_info("sockname"))
+        self.remote_address = _addr2(transport.get_extra_info("peername"))
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        if self._on_made is not None:
+            on_made, self._on_made = self._on_made, None
+            on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.data_received(data)
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > PULL_BUFFER_LIMIT and not self._pull_paused:
+            self._pull_paused = True
+            self._apply_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._receiver is not None:
+            self._receiver.eof_received()
+        else:
+            self._wake_reader()
+        return False  # let asyncio close the transport (after flushing writes)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._lost_exc = exc
+        self._transport = None
+        self._wake_reader()
+        while self._drain_waiters:
+            fut = self._drain_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+        if self._receiver is not None:
+            self._receiver.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        while self._drain_waiters:
+            fut = self._drain_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    # --- RawConnection --------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Pull mode: all buffered bytes (at least one), or ``b""`` at EOF.
+
+        A connection closed locally also reads as ``b""``.
+
+        Raises:
+            ConnectionLost: the connection broke (reset by the peer or the OS).
+            LocalProtocolError: called in push mode or concurrently with another read.
+        """
+        if self._receiver is not None:
+            raise LocalProtocolError("read() in push mode", protocol="tcp")
+        if self._read_waiter is not None:
+            raise LocalProtocolError("concurrent read()", protocol="tcp")
+        while not self._chunks:
+            if self._eof:
+                return b""
+            if self._lost:
+                if self._lost_exc is not None:
+                    raise ConnectionLost("connection lost") from self._lost_exc
+                return b""
+            fut = asyncio.get_running_loop().create_future()
+            self._read_waiter = fut
+            try:
+                await fut
+            finally:
+                self._read_waiter = None
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._pull_paused:
+            self._pull_paused = False
+            self._apply_reading()
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` on the socket; never blocks.
+
+        Raises:
+            ConnectionLost: the connection is already closed or lost.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionLost("write on a closed TCP connection")
+        transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is above its high-water mark.
+
+        Raises:
+            ConnectionLost: the connection was lost while (or before) waiting.
+        """
+        if self._lost:
+            raise ConnectionLost("TCP connection lost") from self._lost_exc
+        if not self._write_paused:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            # Cancelled waiters leave the deque here; completed ones were popped already.
+            with contextlib.suppress(ValueError):
+                self._drain_waiters.remove(fut)
+        if self._lost:
+            raise ConnectionLost("TCP connection lost") from self._lost_exc
+
+    def set_receiver(self, receiver: ByteReceiver) -> None:
+        """Switch to push mode; replays buffered bytes, EOF and loss to ``receiver`` first."""
+        if self._receiver is not None:
+            raise LocalProtocolError("receiver already set", protocol="tcp")
+        if self._read_waiter is not None:
+            raise LocalProtocolError("set_receiver() while a read() is pending", protocol="tcp")
+        self._receiver = receiver
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            receiver.data_received(data)
+        if self._pull_paused:
+            self._pull_paused = False
+            self._apply_reading()
+        if self._eof:
+            receiver.eof_received()
+        if self._lost:
+            receiver.connection_lost(self._lost_exc)
+
+    def pause_reading(self) -> None:
+        self._user_paused = True
+        self._apply_reading()
+
+    def resume_reading(self) -> None:
+        self._user_paused = False
+        self._apply_reading()
+
+    def close(self) -> None:
+        """Flush queued bytes, then close the socket (idempotent)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close the socket at once, dropping queued bytes (idempotent)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed (``connection_lost`` has run)."""
+        await asyncio.shield(self._closed_fut)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        fut = self._read_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _apply_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        want_paused = self._user_paused or self._pull_paused
+        if want_paused and transport.is_reading():
+            transport.pause_reading()
+        elif not want_paused and not transport.is_reading():
+            transport.resume_reading()
+
+
+# A timeout argument (not only asyncio.timeout) because the upgrader passes per-address
+# connect deadlines down, as go-libp2p does with its dial timeout.
+async def dial(host: str, port: int, timeout: float | None = None) -> TcpConnection:  # noqa: ASYNC109
+    """Open a TCP connection to ``(host, port)``.
+
+    Args:
+        host: an IPv4 or IPv6 literal (or a name the OS resolves).
+        port: the TCP port.
+        timeout: seconds for the whole connect, ``None`` for the OS default.
+
+    Raises:
+        ConnectTimeout: the connect did not finish within ``timeout``.
+        ConnectError: the OS refused or failed the connect.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            _, proto = await loop.create_connection(TcpConnection, host, port)
+    except TimeoutError as exc:
+        raise ConnectTimeout(f"TCP connect to {host}:{port} timed out") from exc
+    except OSError as exc:
+        raise ConnectError(f"TCP connect to {host}:{port} failed: {exc.strerror}") from exc
+    return proto
+
+
+class TcpListener:
+    """Listening TCP sockets; calls ``on_connection(conn)`` for each accepted connection.
+
+    ``on_connection`` runs synchronously in the loop's callback (from ``connection_made``) and
+    must not block; it typically hands the connection to a task group. Use as an async
+    context manager, or call :meth:`close` and ``await`` :meth:`wait_closed`. Closing stops
+    accepting; connections already handed out belong to their owner.
+
+    Accepting is done here rather than by ``loop.create_server``: sockets are accepted in a
+    synchronous reader callback into a queue this object owns, and one accept task owned by
+    this object (cancelled and awaited by :meth:`wait_closed`) wraps them in transports. So a
+    socket accepted just as the listener closes is closed, never leaked (with
+    ``create_server`` on 3.11 such a socket is dropped unclosed).
+    """
+
+    def __init__(
+        self, socks: list[socket.socket], on_connection: ConnectionCallback, backlog: int
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._socks = socks
+        self._on_connection = on_connection
+        self._backlog = backlog
+        self._queue: collections.deque[socket.socket] = collections.deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._closed = False
+        #: Accepted sockets that failed before becoming connections (for diagnostics).
+        self.accept_errors = 0
+        self.addresses: list[tuple[str, int]] = [_addr2(s.getsockname()) for s in socks]
+        for sock in socks:
+            self._loop.add_reader(sock.fileno(), self._on_readable, sock)
+        self._task = self._loop.create_task(self._accept_loop(), name=f"tcp-accept {self}")
+
+    def __repr__(self) -> str:
+        return f"<TcpListener {self.addresses}>"
+
+    @classmethod
+    async def create(
+        cls,
+        host: str,
+        port: int,
+        on_connection: ConnectionCallback,
+        *,
+        backlog: int = 128,
+    ) -> TcpListener:
+        """Bind and listen on ``(host, port)`` (port 0 picks a free port).
+
+        ``host`` may resolve to several addresses (one socket each); ``"::"`` is bound
+        IPv6-only, so listen on ``"0.0.0.0"`` as well for both families.
+
+        Raises:
+            ConnectError: the address cannot be resolved or bound.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except OSError as exc:
+            raise ConnectError(f"cannot resolve listen address {host!r}") from exc
+        socks: list[socket.socket] = []
+        try:
+            seen: set[tuple[object, ...]] = set()
+            for family, type_, proto, _, sockaddr in infos:
+                if (family, sockaddr) in seen:
+                    continue
+                seen.add((family, sockaddr))
+                sock = socket.socket(family, type_, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(sockaddr)
+                sock.listen(backlog)
+                sock.setblocking(False)
+        except OSError as exc:
+            for sock in socks:
+                sock.close()
+            hint = " (address in use)" if exc.errno == errno.EADDRINUSE else ""
+            raise ConnectError(f"cannot listen on {host}:{port}{hint}: {exc.strerror}") from exc
+        if not socks:
+            raise ConnectError(f"no address to listen on for {host!r}")
+        return cls(socks, on_connection, backlog)
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        for _ in range(self._backlog):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # EMFILE/ENFILE/ECONNABORTED...: log and keep serving; the kernel keeps the
+                # pending connection queued for the next readiness event.
+                self.accept_errors += 1
+                logger.warning("accept() failed on %s: %s", self.addresses, exc)
+                break
+            conn.setblocking(False)
+            self._queue.append(conn)
+        if self._queue and self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _accept_loop(self) -> None:
+        def factory() -> TcpConnection:
+            return TcpConnection(self._on_connection)
+
+        while True:
+            while self._queue:
+                conn = self._queue.popleft()
+                try:
+                    await self._loop.connect_accepted_socket(factory, conn)
+                except OSError as exc:
+                    self.accept_errors += 1
+                    logger.debug("accepted socket failed: %s", exc)
+                    conn.close()
+            self._wakeup = self._loop.create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self._socks:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Close, and wait until the accept task is gone; sockets not yet handed out close."""
+        self.close()
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise  # we are being cancelled ourselves
+        finally:
+            while self._queue:
+                self._queue.popleft().close()
+
+    async def __aenter__(self) -> TcpListener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.wait_closed()
