@@ -1,0 +1,373 @@
+"""Glueberry v1 stream framing (cramberry v1 ``WriteDelimited(&[]byte)``), sans-I/O.
+
+Reference: ``glueberry-go-v1.md`` §1.4 and §1.5 (cramberry v1.5.5 ``StreamWriter`` /
+``MessageIterator``), unsigned varints per https://github.com/multiformats/unsigned-varint.
+
+Wire format, identical on the handshake stream and on encrypted streams::
+
+    frame = uvarint(L) ‖ uvarint(N) ‖ payload[N]        L = len(uvarint(N)) + N
+    encrypted payload = nonce(12) ‖ ChaCha20-Poly1305(plaintext) ‖ tag(16)
+
+Theory of operation
+-------------------
+Encoding is a pure function (:func:`encode_frame`, and batch forms that build one buffer for
+many frames so the driver makes one write). :class:`FrameDecoder` is incremental: feed it
+whatever bytes arrived, get back a *list* of complete payloads (one call per read, not per
+message). It keeps only the bytes of the frame in progress, and validates every length before
+buffering for it:
+
+* the outer ``L`` is checked against the configured maximum as soon as its varint is complete,
+  so a hostile prefix can make the decoder hold at most ``max_outer_length`` bytes;
+* ``L = 0`` is refused: the Go writer never emits it (the smallest frame is ``01 00``) and the
+  Go reader fails on it;
+* the inner ``N`` must fill the frame exactly. ``N > L − len(uvarint(N))`` is refused, and so —
+  a documented choice, Go tolerates them — are trailing bytes after the payload;
+* varints must be minimal and at most 9 bytes (what every Go writer produces);
+* ``receive_data(b"")`` is end of stream: a partial frame (including a truncated varint)
+  raises, a clean boundary returns ``[]``.
+
+Every violation raises :class:`~glueberry.errors.RemoteProtocolError` with
+``protocol="glueberry"`` and leaves the decoder in a terminal error state.
+
+Limits: the Go reader refuses ``L > 64 MiB`` (:data:`GO_MAX_OUTER_LENGTH`) and kills that
+stream, so a writer must stay below it; :data:`MAX_MESSAGE_SIZE_LIMIT` is the largest
+plaintext whose encrypted frame fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final, NamedTuple, Protocol
+
+from glueberry.errors import DecryptionFailed, LocalProtocolError, RemoteProtocolError
+from glueberry.wire import varint
+
+__all__ = [
+    "ENCRYPTION_OVERHEAD",
+    "GO_MAX_OUTER_LENGTH",
+    "MAX_MESSAGE_SIZE_LIMIT",
+    "PROTOCOL",
+    "DecryptedBatch",
+    "FrameDecoder",
+    "Opener",
+    "Sealer",
+    "encode_encrypted_frame",
+    "encode_encrypted_frames",
+    "encode_frame",
+    "encode_frame_header",
+    "encode_frames",
+    "frame_length",
+    "max_outer_length",
+]
+
+#: ``protocol`` of every error raised here.
+PROTOCOL: Final = "glueberry"
+#: cramberry's ``DefaultLimits.MaxMessageSize``: the Go reader refuses larger outer frames.
+GO_MAX_OUTER_LENGTH: Final = 64 * 1024 * 1024
+#: nonce(12) + Poly1305 tag(16).
+ENCRYPTION_OVERHEAD: Final = 28
+
+
+def frame_length(payload_length: int) -> int:
+    """The outer length ``L = len(uvarint(N)) + N`` of a payload of ``N`` bytes."""
+    return len(varint.encode(payload_length)) + payload_length
+
+
+def max_outer_length(max_payload: int) -> int:
+    """The largest outer ``L`` a decoder limited to ``max_payload`` accepts."""
+    return frame_length(max_payload)
+
+
+def _largest_payload(max_outer: int) -> int:
+    n = max_outer
+    while frame_length(n) > max_outer:
+        n -= 1
+    return n
+
+
+#: The largest plaintext whose encrypted frame a Go reader accepts (``L ≤ 64 MiB``).
+MAX_MESSAGE_SIZE_LIMIT: Final = _largest_payload(GO_MAX_OUTER_LENGTH) - ENCRYPTION_OVERHEAD
+
+
+class Sealer(Protocol):
+    """What the encrypting helpers need (``glueberry.peers.crypto.StreamCipher``)."""
+
+    def seal_into(self, out: bytearray, plaintext: bytes | bytearray | memoryview) -> int:
+        """Append ``nonce ‖ ciphertext ‖ tag``; return the number of bytes appended."""
+        ...
+
+
+class Opener(Protocol):
+    """What :meth:`FrameDecoder.receive_encrypted` needs (``StreamCipher``)."""
+
+    def open(self, blob: bytes | bytearray | memoryview) -> bytes:
+        """Decrypt one blob or raise :class:`~glueberry.errors.DecryptionFailed`."""
+        ...
+
+
+# --- encoding ------------------------------------------------------------------------
+
+
+def encode_frame_header(payload_length: int) -> bytes:
+    """``uvarint(L) ‖ uvarint(N)`` for a payload of ``N`` bytes.
+
+    Raises:
+        LocalProtocolError: the frame would exceed :data:`GO_MAX_OUTER_LENGTH`.
+    """
+    if payload_length < 127:  # L = N + 1 < 128: both varints are one byte
+        return bytes((payload_length + 1, payload_length))
+    inner = varint.encode(payload_length)
+    outer = len(inner) + payload_length
+    if outer > GO_MAX_OUTER_LENGTH:
+        raise LocalProtocolError(
+            f"frame of {outer} bytes exceeds the 64 MiB limit of Go readers", protocol=PROTOCOL
+        )
+    return varint.encode(outer) + inner
+
+
+def encode_frame(payload: bytes | bytearray | memoryview) -> bytes:
+    """One frame: ``uvarint(L) ‖ uvarint(N) ‖ payload`` (never the invalid ``00`` frame)."""
+    return encode_frame_header(len(payload)) + payload
+
+
+def encode_frames(payloads: Iterable[bytes | bytearray | memoryview]) -> bytearray:
+    """Many frames concatenated into one buffer (one write for the driver)."""
+    out = bytearray()
+    for p in payloads:
+        out += encode_frame_header(len(p))
+        out += p
+    return out
+
+
+def encode_encrypted_frame(cipher: Sealer, plaintext: bytes | bytearray | memoryview) -> bytearray:
+    """Encrypt ``plaintext`` and frame the blob: ``uvarint(L) ‖ uvarint(N) ‖ nonce ‖ ct ‖ tag``."""
+    out = bytearray(encode_frame_header(len(plaintext) + ENCRYPTION_OVERHEAD))
+    cipher.seal_into(out, plaintext)
+    return out
+
+
+def encode_encrypted_frames(
+    cipher: Sealer, plaintexts: Iterable[bytes | bytearray | memoryview]
+) -> bytearray:
+    """Encrypt and frame many messages into one buffer, in order."""
+    out = bytearray()
+    for p in plaintexts:
+        out += encode_frame_header(len(p) + ENCRYPTION_OVERHEAD)
+        cipher.seal_into(out, p)
+    return out
+
+
+# --- decoding ------------------------------------------------------------------------
+
+
+class DecryptedBatch(NamedTuple):
+    """The result of :meth:`FrameDecoder.receive_encrypted`."""
+
+    #: Plaintexts of the frames that authenticated, in order.
+    messages: list[bytes]
+    #: How many frames failed to authenticate (they are dropped from ``messages``).
+    failures: int
+    #: The first failure, or ``None``.
+    error: DecryptionFailed | None
+
+
+class FrameDecoder:
+    """Incremental decoder of glueberry frames.
+
+    Args:
+        max_payload: the largest ``N`` accepted. For an encrypted stream this is
+            ``max_message_size + 28`` (:meth:`for_encrypted`); for the handshake stream, whose
+            payloads are plaintext, ``max_message_size`` (:meth:`for_handshake`).
+
+    Call order: ``receive_data(chunk)*`` then optionally ``receive_data(b"")`` (end of stream).
+    After an error or end of stream, further calls raise
+    :class:`~glueberry.errors.LocalProtocolError`.
+    """
+
+    __slots__ = ("_chunks", "_closed", "_failed", "_max_outer", "_nbuf", "_need", "max_payload")
+
+    def __init__(self, max_payload: int) -> None:
+        if not 0 <= max_payload <= _largest_payload(GO_MAX_OUTER_LENGTH):
+            raise LocalProtocolError(
+                f"max_payload must be between 0 and the 64 MiB frame limit, got {max_payload}",
+                protocol=PROTOCOL,
+            )
+        #: The largest payload accepted.
+        self.max_payload = max_payload
+        self._max_outer = max_outer_length(max_payload)
+        self._chunks: list[bytes] = []  # bytes of the frame in progress
+        self._nbuf = 0
+        self._need = 0  # bytes needed before re-scanning is useful (0: unknown)
+        self._failed = False
+        self._closed = False
+
+    @classmethod
+    def for_encrypted(cls, max_message_size: int) -> FrameDecoder:
+        """A decoder for an encrypted stream whose plaintexts are at most ``max_message_size``."""
+        return cls(max_message_size + ENCRYPTION_OVERHEAD)
+
+    @classmethod
+    def for_handshake(cls, max_message_size: int) -> FrameDecoder:
+        """A decoder for the (plaintext) handshake stream."""
+        return cls(max_message_size)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the frame in progress."""
+        return self._nbuf
+
+    def _take(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview | None:
+        """The buffer to scan, or ``None`` when the frame in progress is still incomplete."""
+        if self._failed or self._closed:
+            raise LocalProtocolError(
+                "frame decoder is closed or failed; no more data accepted", protocol=PROTOCOL
+            )
+        if not self._chunks:
+            return data
+        self._chunks.append(bytes(data))
+        self._nbuf += len(data)
+        if self._nbuf < self._need:
+            return None
+        buf = b"".join(self._chunks)
+        self._chunks.clear()
+        self._nbuf = 0
+        return buf
+
+    def _keep(self, buf: bytes | bytearray | memoryview, pos: int) -> None:
+        if pos < len(buf):
+            rest = bytes(buf[pos:])
+            self._chunks.append(rest)
+            self._nbuf = len(rest)
+
+    def _eof(self) -> None:
+        self._closed = True
+        if self._nbuf:
+            self._failed = True
+            raise RemoteProtocolError(
+                f"stream ended inside a frame ({self._nbuf} bytes pending)", protocol=PROTOCOL
+            )
+
+    def _error(self, message: str, cause: Exception | None = None) -> RemoteProtocolError:
+        self._failed = True
+        self._chunks.clear()
+        self._nbuf = 0
+        err = RemoteProtocolError(message, protocol=PROTOCOL)
+        err.__cause__ = cause
+        return err
+
+    def _scan(self, buf: bytes | bytearray | memoryview, offsets: list[int]) -> int:
+        """Append ``start, end`` of each complete payload to ``offsets``; return bytes used."""
+        n = len(buf)
+        pos = 0
+        max_outer = self._max_outer
+        decode = varint.decode
+        try:
+            while pos < n:
+                b = buf[pos]
+                if b < 0x80:
+                    outer, p = b, pos + 1
+                else:
+                    r = decode(buf, pos)
+                    if r is None:
+                        self._need = 0
+                        return pos
+                    outer, p = r
+                if outer == 0:
+                    raise self._error("zero-length frame")
+                if outer > max_outer:
+                    raise self._error(
+                        f"frame length {outer} exceeds the limit of {max_outer} bytes"
+                    )
+                end = p + outer
+                if end > n:
+                    self._need = end - pos
+                    return pos
+                b = buf[p]
+                if b < 0x80:
+                    inner, q = b, p + 1
+                else:
+                    r = decode(buf, p)
+                    if r is None or r[1] > end:
+                        raise self._error("payload length varint runs past the frame")
+                    inner, q = r
+                stop = q + inner
+                if stop != end:
+                    if stop > end:
+                        raise self._error(
+                            f"payload length {inner} exceeds the frame ({end - q} bytes left)"
+                        )
+                    raise self._error(f"{end - stop} trailing bytes inside a frame")
+                offsets.append(q)
+                offsets.append(end)
+                pos = end
+        except RemoteProtocolError as exc:
+            if exc.protocol == PROTOCOL:
+                raise
+            raise self._error(f"malformed varint: {exc}", exc) from exc
+        self._need = 0
+        return pos
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Feed bytes; return the payloads of every frame they complete, in order.
+
+        Args:
+            data: the next bytes of the stream; ``b""`` means end of stream.
+
+        Returns:
+            Complete payloads (possibly none). Each is a fresh ``bytes`` object.
+
+        Raises:
+            RemoteProtocolError: malformed or oversized frame, or end of stream mid-frame.
+                Payloads completed earlier in the same call are not returned: the stream is
+                unusable from that point and the caller resets it.
+            LocalProtocolError: called after an error or after end of stream.
+        """
+        if not data:
+            if self._failed or self._closed:
+                raise LocalProtocolError("frame decoder is closed or failed", protocol=PROTOCOL)
+            self._eof()
+            return []
+        buf = self._take(data)
+        if buf is None:
+            return []
+        offsets: list[int] = []
+        pos = self._scan(buf, offsets)
+        if isinstance(buf, bytes):
+            out = [buf[offsets[i] : offsets[i + 1]] for i in range(0, len(offsets), 2)]
+        else:
+            with memoryview(buf) as view:
+                out = [bytes(view[offsets[i] : offsets[i + 1]]) for i in range(0, len(offsets), 2)]
+        self._keep(buf, pos)
+        return out
+
+    def receive_encrypted(
+        self, data: bytes | bytearray | memoryview, cipher: Opener
+    ) -> DecryptedBatch:
+        """Like :meth:`receive_data`, decrypting each payload in place (no intermediate copy).
+
+        A frame that fails to authenticate does not break the framing: it is counted and
+        skipped, later frames are still decrypted, and the first error is returned so the
+        caller can apply its policy (reset the stream, disconnect, or Go-style drop).
+        """
+        if not data:
+            self.receive_data(b"")
+            return DecryptedBatch([], 0, None)
+        buf = self._take(data)
+        if buf is None:
+            return DecryptedBatch([], 0, None)
+        offsets: list[int] = []
+        pos = self._scan(buf, offsets)
+        out: list[bytes] = []
+        failures = 0
+        first: DecryptionFailed | None = None
+        open_ = cipher.open
+        with memoryview(buf) as view:
+            for i in range(0, len(offsets), 2):
+                try:
+                    out.append(open_(view[offsets[i] : offsets[i + 1]]))
+                except DecryptionFailed as exc:
+                    failures += 1
+                    if first is None:
+                        first = exc
+        self._keep(buf, pos)
+        return DecryptedBatch(out, failures, first)

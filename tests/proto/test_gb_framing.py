@@ -1,0 +1,235 @@
+"""Glueberry v1 framing: golden bytes (reference §1.4), round trips, splits, hostile input."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from glueberry.errors import DecryptionFailed, LocalProtocolError, RemoteProtocolError
+from glueberry.peers.crypto import StreamCipher
+from glueberry.proto import gb_framing
+from glueberry.proto.gb_framing import FrameDecoder
+from glueberry.wire import varint
+
+GOLDEN = [
+    (b"\x01\x02\x03", "0403"),
+    (b"", "0100"),
+    (bytes(200), "ca01c801"),
+    (bytes(16384), "838001808001"),
+    (bytes(1 << 20), "838040808040"),
+]
+
+
+@pytest.mark.parametrize(("payload", "header"), GOLDEN)
+def test_golden_frames(payload: bytes, header: str) -> None:
+    frame = gb_framing.encode_frame(payload)
+    assert frame == bytes.fromhex(header) + payload
+    assert FrameDecoder(len(payload)).receive_data(frame) == [payload]
+    res = varint.decode(frame)
+    assert res is not None
+    assert res[0] == gb_framing.frame_length(len(payload)) == len(frame) - res[1]
+
+
+def test_frame_length() -> None:
+    assert gb_framing.frame_length(3) == 4
+    assert gb_framing.frame_length(0) == 1
+    assert gb_framing.frame_length(200) == 202
+    assert gb_framing.frame_length(1 << 20) == (1 << 20) + 3
+
+
+def test_empty_encrypted_message_frame() -> None:
+    cipher = StreamCipher(os.urandom(32))
+    frame = gb_framing.encode_encrypted_frame(cipher, b"")
+    assert frame[:2] == b"\x1d\x1c" and len(frame) == 30
+
+
+def test_max_message_size_limit_fits_go_reader() -> None:
+    n = gb_framing.MAX_MESSAGE_SIZE_LIMIT + gb_framing.ENCRYPTION_OVERHEAD
+    assert gb_framing.frame_length(n) <= gb_framing.GO_MAX_OUTER_LENGTH
+    assert gb_framing.frame_length(n + 1) > gb_framing.GO_MAX_OUTER_LENGTH
+    with pytest.raises(LocalProtocolError):
+        gb_framing.encode_frame_header(n + 1)
+
+
+payloads_st = st.lists(st.binary(max_size=300), max_size=8)
+
+
+@given(payloads_st)
+def test_round_trip_whole(payloads: list[bytes]) -> None:
+    data = bytes(gb_framing.encode_frames(payloads))
+    assert data == b"".join(gb_framing.encode_frame(p) for p in payloads)
+    dec = FrameDecoder(300)
+    assert dec.receive_data(data) == payloads if data else True
+    assert dec.receive_data(b"") == []
+
+
+@given(payloads_st)
+def test_round_trip_one_byte_at_a_time(payloads: list[bytes]) -> None:
+    data = bytes(gb_framing.encode_frames(payloads))
+    dec = FrameDecoder(300)
+    out: list[bytes] = []
+    for i in range(len(data)):
+        out += dec.receive_data(data[i : i + 1])
+    assert out == payloads
+    assert dec.buffered == 0
+    dec.receive_data(b"")
+
+
+@given(
+    payloads_st,
+    st.lists(st.integers(0, 3000), max_size=10),
+    st.sampled_from([bytes, bytearray, memoryview]),
+)
+def test_round_trip_arbitrary_splits(payloads: list[bytes], cuts: list[int], kind: type) -> None:
+    data = bytes(gb_framing.encode_frames(payloads))
+    dec = FrameDecoder(300)
+    out: list[bytes] = []
+    prev = 0
+    for c in [*sorted({c for c in cuts if c < len(data)}), len(data)]:
+        if c > prev:
+            out += dec.receive_data(kind(data[prev:c]))
+            prev = c
+    assert out == payloads
+    assert all(type(p) is bytes for p in out)
+
+
+def test_large_frame_in_many_chunks_is_buffered_linearly() -> None:
+    payload = os.urandom(1 << 20)
+    data = gb_framing.encode_frame(payload)
+    dec = FrameDecoder(1 << 20)
+    out: list[bytes] = []
+    for i in range(0, len(data), 4096):
+        out += dec.receive_data(data[i : i + 4096])
+        if not out:
+            assert dec.buffered == min(i + 4096, len(data))
+    assert out == [payload]
+
+
+def test_caller_buffer_may_be_reused() -> None:
+    frame = gb_framing.encode_frame(b"abcdef")
+    buf = bytearray(frame[:4])
+    dec = FrameDecoder(10)
+    assert dec.receive_data(buf) == []
+    buf[:] = b"\xff\xff\xff\xff"
+    assert dec.receive_data(frame[4:]) == [b"abcdef"]
+
+
+BAD = [
+    (b"\x00", "zero-length"),
+    (b"\x03\x03\x01\x02", "exceeds the frame"),  # N > L - 1
+    (b"\x04\x02\x01\x02\x03", "trailing"),
+    (b"\x01\x80", "runs past"),  # inner varint unterminated inside the frame
+    (b"\x01\x80\x01\x00", "runs past"),
+    (b"\x02\x80\x01", "exceeds the frame"),
+    (b"\x03\x80\x00\x00", "malformed varint"),  # non-minimal inner varint
+    (b"\x80\x00", "malformed varint"),  # non-minimal outer varint
+    (b"\xff" * 9 + b"\x01", "malformed varint"),
+    (b"\x8c\x01", "exceeds the limit"),  # L = 140 > 100 + 1
+]
+
+
+@pytest.mark.parametrize(("data", "why"), BAD)
+def test_rejects(data: bytes, why: str) -> None:
+    for step in (len(data), 1):
+        dec = FrameDecoder(100)
+        with pytest.raises(RemoteProtocolError, match=why) as info:
+            for i in range(0, len(data), step):
+                dec.receive_data(data[i : i + step])
+        assert info.value.protocol == "glueberry"
+        with pytest.raises(LocalProtocolError):
+            dec.receive_data(b"\x01\x00")
+
+
+def test_oversize_is_rejected_before_buffering() -> None:
+    dec = FrameDecoder.for_encrypted(1 << 20)
+    header = gb_framing.encode_frame_header((1 << 20) + 29)
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+        dec.receive_data(header[:3])
+    ok = FrameDecoder.for_encrypted(1 << 20)
+    assert ok.receive_data(gb_framing.encode_frame_header((1 << 20) + 28)) == []
+
+
+def test_handshake_limit() -> None:
+    dec = FrameDecoder.for_handshake(10)
+    assert dec.receive_data(gb_framing.encode_frame(bytes(10))) == [bytes(10)]
+    with pytest.raises(RemoteProtocolError):
+        dec.receive_data(gb_framing.encode_frame(bytes(11)))
+
+
+@pytest.mark.parametrize("partial", [b"\x80", b"\x05", b"\x05\x04\x01", b"\x96\x01\x94\x01\x00"])
+def test_eof_inside_frame(partial: bytes) -> None:
+    dec = FrameDecoder(1000)
+    assert dec.receive_data(partial) == []
+    with pytest.raises(RemoteProtocolError, match="ended inside"):
+        dec.receive_data(b"")
+
+
+def test_clean_eof_then_closed() -> None:
+    dec = FrameDecoder(10)
+    assert dec.receive_data(b"\x01\x00\x02\x01a") == [b"", b"a"]
+    assert dec.receive_data(b"") == []
+    with pytest.raises(LocalProtocolError):
+        dec.receive_data(b"")
+    with pytest.raises(LocalProtocolError):
+        dec.receive_data(b"\x01\x00")
+
+
+def test_bad_max_payload() -> None:
+    with pytest.raises(LocalProtocolError):
+        FrameDecoder(-1)
+    with pytest.raises(LocalProtocolError):
+        FrameDecoder(gb_framing.GO_MAX_OUTER_LENGTH)
+
+
+@given(st.lists(st.binary(max_size=200), max_size=6), st.integers(1, 50))
+def test_encrypted_round_trip(plaintexts: list[bytes], step: int) -> None:
+    key = os.urandom(32)
+    data = bytes(gb_framing.encode_encrypted_frames(StreamCipher(key), plaintexts))
+    assert len(data) == sum(len(gb_framing.encode_frame(bytes(len(p) + 28))) for p in plaintexts)
+    dec = FrameDecoder.for_encrypted(200)
+    cipher = StreamCipher(key)
+    out: list[bytes] = []
+    for i in range(0, len(data), step):
+        batch = dec.receive_encrypted(data[i : i + step], cipher)
+        assert batch.failures == 0 and batch.error is None
+        out += batch.messages
+    assert out == plaintexts
+    assert dec.receive_encrypted(b"", cipher).messages == []
+
+
+def test_encrypted_failure_is_counted_and_framing_survives() -> None:
+    key = os.urandom(32)
+    good = StreamCipher(key)
+    evil = StreamCipher(os.urandom(32))
+    data = (
+        gb_framing.encode_encrypted_frame(good, b"one")
+        + gb_framing.encode_encrypted_frame(evil, b"forged")
+        + gb_framing.encode_frame(b"short")  # < 28 bytes
+        + gb_framing.encode_encrypted_frame(good, b"two")
+    )
+    batch = FrameDecoder.for_encrypted(100).receive_encrypted(data, good)
+    assert batch.messages == [b"one", b"two"]
+    assert batch.failures == 2
+    assert isinstance(batch.error, DecryptionFailed)
+
+
+def test_encrypted_oversize_plaintext_rejected_by_frame_limit() -> None:
+    cipher = StreamCipher(os.urandom(32))
+    dec = FrameDecoder.for_encrypted(100)
+    with pytest.raises(RemoteProtocolError):
+        dec.receive_encrypted(gb_framing.encode_encrypted_frame(cipher, bytes(101)), cipher)
+
+
+@given(st.binary(max_size=64))
+def test_never_raises_anything_else(data: bytes) -> None:
+    for step in (len(data) or 1, 1):
+        dec = FrameDecoder(32)
+        try:
+            for i in range(0, len(data), step):
+                dec.receive_data(data[i : i + step])
+            dec.receive_data(b"")
+        except RemoteProtocolError:
+            pass
