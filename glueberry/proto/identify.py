@@ -292,7 +292,7 @@ def convert_identify(
     if fields.public_key is not None:
         # Compare before parsing: a key that is not the peer's is refused at hash cost only.
         if _peer_id_of_serialized_key(fields.public_key) != remote_peer:
-            logger.warning("identify: public key does not match peer %s; rejected", remote_peer)
+            logger.info("identify: public key does not match peer %s; rejected", remote_peer)
             raise RemoteProtocolError(
                 "identify public key does not match peer ID", protocol=protocol
             )
