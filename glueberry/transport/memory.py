@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from glueberry.errors import ConnectError, ConnectionLost, LocalProtocolError
+from glueberry.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
     from glueberry.transport.base import ByteReceiver
@@ -374,6 +375,11 @@ class MemoryListener:
     def addresses(self) -> list[tuple[str, int]]:
         return [("memory", self.port)]
 
+    @property
+    def multiaddrs(self) -> list[Multiaddr]:
+        """How :class:`MemoryTransport` spells this listener's address."""
+        return [Multiaddr.from_socket_address(MemoryTransport.HOST, self.port)]
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -460,3 +466,37 @@ class MemoryNetwork:
         )
         listener._on_connection(theirs)
         return ours
+
+
+class MemoryTransport:
+    """Multiaddr front end of a :class:`MemoryNetwork`, a stand-in for TCP in tests.
+
+    The multiaddr table has no ``/memory`` protocol yet, so memory ports are spelled as
+    loopback TCP addresses: ``/ip4/<any>/tcp/<port>`` dials memory port ``<port>``, and
+    connections report ``/ip4/127.0.0.1/tcp/<port>``. A host given only this transport
+    therefore runs its whole stack without a socket. Satisfies
+    :class:`glueberry.net.host.Transport`.
+    """
+
+    name = "memory"
+    HOST: Final = "127.0.0.1"
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        self.network = network
+
+    def can_dial(self, addr: Multiaddr) -> bool:
+        return addr.transport_kind() == "tcp" and addr.ip is not None
+
+    def can_listen(self, addr: Multiaddr) -> bool:
+        return self.can_dial(addr)
+
+    def to_multiaddr(self, address: tuple[str, int]) -> Multiaddr:
+        return Multiaddr.from_socket_address(self.HOST, address[1])
+
+    async def dial(self, addr: Multiaddr, *, timeout: float | None) -> MemoryConnection:  # noqa: ASYNC109
+        return await self.network.dial(addr.to_socket_address().port)
+
+    async def listen(
+        self, addr: Multiaddr, on_connection: MemoryConnectionCallback
+    ) -> MemoryListener:
+        return await self.network.listen(addr.to_socket_address().port, on_connection)

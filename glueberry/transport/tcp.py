@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from glueberry.errors import ConnectError, ConnectionLost, ConnectTimeout, LocalProtocolError
+from glueberry.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
     from glueberry.transport.base import ByteReceiver
@@ -291,13 +292,20 @@ class TcpConnection(asyncio.Protocol):
 
 # A timeout argument (not only asyncio.timeout) because the upgrader passes per-address
 # connect deadlines down, as go-libp2p does with its dial timeout.
-async def dial(host: str, port: int, timeout: float | None = None) -> TcpConnection:  # noqa: ASYNC109
+async def dial(
+    host: str,
+    port: int,
+    timeout: float | None = None,  # noqa: ASYNC109
+    *,
+    family: int = 0,
+) -> TcpConnection:
     """Open a TCP connection to ``(host, port)``.
 
     Args:
         host: an IPv4 or IPv6 literal (or a name the OS resolves).
         port: the TCP port.
         timeout: seconds for the whole connect, ``None`` for the OS default.
+        family: restrict name resolution to ``AF_INET``/``AF_INET6`` (``/dns4``, ``/dns6``).
 
     Raises:
         ConnectTimeout: the connect did not finish within ``timeout``.
@@ -306,7 +314,7 @@ async def dial(host: str, port: int, timeout: float | None = None) -> TcpConnect
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            _, proto = await loop.create_connection(TcpConnection, host, port)
+            _, proto = await loop.create_connection(TcpConnection, host, port, family=family)
     except TimeoutError as exc:
         raise ConnectTimeout(f"TCP connect to {host}:{port} timed out") from exc
     except OSError as exc:
@@ -342,6 +350,10 @@ class TcpListener:
         #: Accepted sockets that failed before becoming connections (for diagnostics).
         self.accept_errors = 0
         self.addresses: list[tuple[str, int]] = [_addr2(s.getsockname()) for s in socks]
+        #: :attr:`addresses` as multiaddrs.
+        self.multiaddrs: list[Multiaddr] = [
+            Multiaddr.from_socket_address(h, p) for h, p in self.addresses
+        ]
         for sock in socks:
             self._loop.add_reader(sock.fileno(), self._on_readable, sock)
         self._task = self._loop.create_task(self._accept_loop(), name=f"tcp-accept {self}")
@@ -460,3 +472,42 @@ class TcpListener:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.wait_closed()
+
+
+class TcpTransport:
+    """Multiaddr front end of this module: dials and listens on ``/ip4|ip6|dns*/…/tcp/<port>``.
+
+    Satisfies :class:`glueberry.net.host.Transport`.
+    """
+
+    name = "tcp"
+
+    def can_dial(self, addr: Multiaddr) -> bool:
+        return addr.transport_kind() == "tcp"
+
+    def can_listen(self, addr: Multiaddr) -> bool:
+        return addr.transport_kind() == "tcp" and addr.ip is not None
+
+    def to_multiaddr(self, address: tuple[str, int]) -> Multiaddr:
+        """The multiaddr of a ``(host, port)`` this transport reported."""
+        return Multiaddr.from_socket_address(address[0], address[1])
+
+    async def dial(self, addr: Multiaddr, *, timeout: float | None) -> TcpConnection:  # noqa: ASYNC109
+        """Dial ``addr``.
+
+        Raises:
+            ConnectError, ConnectTimeout: as :func:`dial`; ``MultiaddrError`` if ``addr`` is
+            not a TCP address.
+        """
+        sa = addr.to_socket_address()
+        family = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6}.get(sa.family, 0)
+        return await dial(sa.host, sa.port, timeout, family=family)
+
+    async def listen(self, addr: Multiaddr, on_connection: ConnectionCallback) -> TcpListener:
+        """Listen on ``addr`` (an IP address; port 0 picks one).
+
+        Raises:
+            ConnectError: the address cannot be bound.
+        """
+        sa = addr.to_socket_address()
+        return await TcpListener.create(sa.host, sa.port, on_connection)

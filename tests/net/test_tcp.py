@@ -355,3 +355,55 @@ async def test_memory_network_knobs_apply_to_dials() -> None:
     with pytest.raises(ConnectionLost):
         await accepted[0].read()
     listener.close()
+
+
+# --- multiaddr front ends -----------------------------------------------------------------
+
+
+async def test_tcp_transport_multiaddrs() -> None:
+    from glueberry.transport.tcp import TcpTransport
+    from glueberry.wire.multiaddr import Multiaddr
+
+    t = TcpTransport()
+    assert t.can_dial(
+        Multiaddr("/ip4/127.0.0.1/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
+    )
+    assert t.can_dial(Multiaddr("/dns4/localhost/tcp/1"))
+    assert not t.can_dial(Multiaddr("/ip4/127.0.0.1/udp/1/quic-v1"))
+    assert not t.can_listen(Multiaddr("/dns4/localhost/tcp/1"))
+    accepted: list[TcpConnection] = []
+    for listen in ("/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/0"):
+        async with await t.listen(Multiaddr(listen), accepted.append) as listener:
+            (ma,) = listener.multiaddrs
+            assert ma.to_socket_address().port != 0
+            conn = await t.dial(ma, timeout=5)
+            assert t.to_multiaddr(conn.remote_address) == ma
+            conn.close()
+            await conn.wait_closed()
+    # a /dns4 name resolves (to 127.0.0.1 here)
+    async with await t.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.append) as listener:
+        port = listener.multiaddrs[0].to_socket_address().port
+        conn = await t.dial(Multiaddr(f"/dns4/localhost/tcp/{port}"), timeout=5)
+        assert conn.remote_address == ("127.0.0.1", port)
+        conn.close()
+        await conn.wait_closed()
+    for c in accepted:
+        c.abort()
+        await c.wait_closed()
+    gc.collect()
+
+
+async def test_memory_transport_multiaddrs() -> None:
+    from glueberry.transport.memory import MemoryTransport
+    from glueberry.wire.multiaddr import Multiaddr
+
+    t = MemoryTransport(MemoryNetwork())
+    accepted: list[MemoryConnection] = []
+    listener = await t.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), accepted.append)
+    (ma,) = listener.multiaddrs
+    conn = await t.dial(ma, timeout=None)
+    assert t.to_multiaddr(conn.remote_address) == ma
+    assert conn.transport_name == "memory"
+    conn.write(b"x")
+    assert await read_n(accepted[0], 1) == b"x"
+    listener.close()

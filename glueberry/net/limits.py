@@ -1,0 +1,241 @@
+"""Connection and stream limits, and the counters that enforce them.
+
+A small, explicit stand-in for go-libp2p's resource manager (``p2p/host/resource-manager``,
+defaults in ``limit_defaults.go``; see libp2p-notes §6.2). Every violation raises
+:class:`glueberry.errors.ResourceLimitExceeded` whose ``limit`` names the field of
+:class:`Limits` that was hit and whose ``remote`` says whose limit it was (``False``: ours;
+``True``: the peer refused, e.g. it reset a new stream with go's code 0x1002).
+
+Theory of operation
+-------------------
+:class:`ResourceLimiter` counts connections. A connection *reserves* its slot before any work
+is done for it: inbound at accept time (before the upgrade, so half-open connections count,
+B-40), outbound before the dial. The cap on connections *in the upgrade* at the same time is
+enforced by :class:`glueberry.net.upgrader.Upgrader` (configured from
+:attr:`Limits.max_pending_upgrades`). The :class:`ConnectionReservation` it gets back is released
+exactly once when the connection ends, whatever the path (``release`` is idempotent). The peer
+is attached to a reservation once the security handshake names it, which is when the per-peer
+limit is checked.
+
+:class:`StreamCounter` counts the streams of one connection, by direction; the host consults it
+before opening a stream and when accepting one. All of this is plain synchronous bookkeeping on
+the event loop thread: no locks, no tasks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Final
+
+from glueberry.errors import ConfigError, ResourceLimitExceeded
+
+if TYPE_CHECKING:
+    from glueberry.wire.identity import PeerId
+
+#: go-libp2p stream reset code for "resource limit exceeded" (core/network/mux.go).
+STREAM_RESOURCE_LIMIT_EXCEEDED: Final = 0x1002
+#: go-libp2p connection close code for "resource limit exceeded" (core/network/conn.go).
+CONN_RESOURCE_LIMIT_EXCEEDED: Final = 0x1001
+
+
+class Direction(enum.StrEnum):
+    """Who opened a connection or stream."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Limits of one host. ``None`` disables a limit.
+
+    Defaults follow go-libp2p's resource manager on a small machine (system scope 128
+    connections, 64 inbound; 8 per peer) and rust-libp2p's 128 negotiating inbound streams.
+    """
+
+    max_connections: int | None = 256
+    """Established plus in-progress connections, both directions."""
+    max_inbound_connections: int | None = 128
+    """Inbound connections, counted from accept (before the upgrade)."""
+    max_outbound_connections: int | None = 256
+    """Outbound connections, counted from the start of the dial."""
+    max_connections_per_peer: int | None = 8
+    """Connections to one peer (checked once the handshake names the peer)."""
+    max_pending_upgrades: int | None = 64
+    """Inbound connections still in the upgrade (security + muxer) at the same time; over
+    it, new connections are closed at once (enforced by the upgrader)."""
+    max_streams_per_connection: int | None = 1024
+    """Open streams per connection, both directions."""
+    max_inbound_streams_per_connection: int | None = 512
+    """Open streams per connection that the peer opened."""
+    max_negotiating_streams: int | None = 128
+    """Inbound streams of one connection still in multistream-select at the same time."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"Limits.{f.name} must be a non-negative int or None")
+
+
+def _over(limit: int | None, count: int) -> bool:
+    return limit is not None and count >= limit
+
+
+class ResourceLimiter:
+    """Connection counters for one host; raises :class:`ResourceLimitExceeded` on a breach."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._by_direction: Counter[Direction] = Counter()
+        self._by_peer: Counter[PeerId] = Counter()
+        #: Rejections so far, by limit name (for metrics and tests).
+        self.rejected: Counter[str] = Counter()
+
+    @property
+    def connections(self) -> int:
+        return self._by_direction.total()
+
+    def count(self, direction: Direction) -> int:
+        return self._by_direction[direction]
+
+    def peer_count(self, peer: PeerId) -> int:
+        return self._by_peer[peer]
+
+    def _reject(self, name: str, what: str) -> ResourceLimitExceeded:
+        self.rejected[name] += 1
+        value = getattr(self.limits, name)
+        return ResourceLimitExceeded(f"local limit {name}={value} reached: {what}", limit=name)
+
+    def reserve(self, direction: Direction) -> ConnectionReservation:
+        """Reserve a connection slot: inbound at accept, outbound before dialing.
+
+        Raises:
+            ResourceLimitExceeded: the total or the per-direction limit is reached.
+        """
+        lim = self.limits
+        if _over(lim.max_connections, self.connections):
+            raise self._reject("max_connections", "too many connections")
+        if direction is Direction.INBOUND:
+            if _over(lim.max_inbound_connections, self._by_direction[direction]):
+                raise self._reject("max_inbound_connections", "too many inbound connections")
+        elif _over(lim.max_outbound_connections, self._by_direction[direction]):
+            raise self._reject("max_outbound_connections", "too many outbound connections")
+        self._by_direction[direction] += 1
+        return ConnectionReservation(self, direction)
+
+    def check_peer(self, peer: PeerId) -> None:
+        """Raise if one more connection to ``peer`` would break the per-peer limit."""
+        if _over(self.limits.max_connections_per_peer, self._by_peer[peer]):
+            raise self._reject("max_connections_per_peer", f"too many connections to {peer}")
+
+
+class ConnectionReservation:
+    """One connection's slot in a :class:`ResourceLimiter`; release it exactly once."""
+
+    __slots__ = ("_limiter", "_released", "direction", "peer")
+
+    def __init__(self, limiter: ResourceLimiter, direction: Direction) -> None:
+        self._limiter = limiter
+        self.direction = direction
+        self._released = False
+        self.peer: PeerId | None = None
+
+    def set_peer(self, peer: PeerId) -> None:
+        """Attach the authenticated peer (checks the per-peer limit).
+
+        Raises:
+            ResourceLimitExceeded: ``max_connections_per_peer`` reached.
+        """
+        if self._released or self.peer is not None:
+            return
+        self._limiter.check_peer(peer)
+        self.peer = peer
+        self._limiter._by_peer[peer] += 1
+
+    def release(self) -> None:
+        """Give back every slot held (idempotent)."""
+        if self._released:
+            return
+        self._released = True
+        lim = self._limiter
+        lim._by_direction[self.direction] -= 1
+        if self.peer is not None:
+            lim._by_peer[self.peer] -= 1
+            if lim._by_peer[self.peer] <= 0:
+                del lim._by_peer[self.peer]
+
+
+class StreamCounter:
+    """Open and negotiating streams of one connection."""
+
+    __slots__ = ("_limits", "inbound", "negotiating", "outbound", "rejected")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self.inbound = 0
+        self.outbound = 0
+        self.negotiating = 0
+        #: Refused inbound streams (reset with code 0x1002).
+        self.rejected = 0
+
+    @property
+    def total(self) -> int:
+        return self.inbound + self.outbound
+
+    def open_outbound(self) -> None:
+        """Count a stream we open.
+
+        Raises:
+            ResourceLimitExceeded: ``max_streams_per_connection`` reached.
+        """
+        lim = self._limits.max_streams_per_connection
+        if _over(lim, self.total):
+            raise ResourceLimitExceeded(
+                f"local limit max_streams_per_connection={lim} reached",
+                limit="max_streams_per_connection",
+            )
+        self.outbound += 1
+
+    def try_open_inbound(self) -> str | None:
+        """Count a stream the peer opened and that is about to be negotiated.
+
+        Returns:
+            ``None`` when accepted, else the name of the limit that refuses it.
+        """
+        lim = self._limits
+        name: str | None = None
+        if _over(lim.max_streams_per_connection, self.total):
+            name = "max_streams_per_connection"
+        elif _over(lim.max_inbound_streams_per_connection, self.inbound):
+            name = "max_inbound_streams_per_connection"
+        elif _over(lim.max_negotiating_streams, self.negotiating):
+            name = "max_negotiating_streams"
+        if name is not None:
+            self.rejected += 1
+            return name
+        self.inbound += 1
+        self.negotiating += 1
+        return None
+
+    def negotiated(self) -> None:
+        self.negotiating -= 1
+
+    def close(self, direction: Direction) -> None:
+        if direction is Direction.INBOUND:
+            self.inbound -= 1
+        else:
+            self.outbound -= 1
+
+
+__all__ = [
+    "CONN_RESOURCE_LIMIT_EXCEEDED",
+    "STREAM_RESOURCE_LIMIT_EXCEEDED",
+    "ConnectionReservation",
+    "Direction",
+    "Limits",
+    "ResourceLimiter",
+    "StreamCounter",
+]
