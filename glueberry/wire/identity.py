@@ -5,14 +5,22 @@ Spec: https://github.com/libp2p/specs/blob/master/peer-ids/peer-ids.md
 * ``PublicKey``/``PrivateKey`` protobufs: ``{KeyType Type = 1; bytes Data = 2}``, encoded
   deterministically (both fields present, in order, minimal varints). Decoding rejects
   anything else, because the peer ID is a hash of these exact bytes.
-* Ed25519 keys sign and verify. Other key types (secp256k1, ECDSA, RSA) are verify-only.
+* Ed25519 keys sign and verify. Other key types (secp256k1, ECDSA, RSA) are verify-only;
+  they live in :mod:`glueberry.wire.keys_verify`, which this module imports at the end so
+  that :meth:`PublicKey.from_protobuf` understands all four types.
 * A peer ID is the multihash of the serialized public key: the identity multihash when the
   serialization is at most 42 bytes (every Ed25519 key: ``12D3KooW…``), SHA-256 otherwise.
+  Its text form is base58btc (``12D3KooW…``, ``Qm…``); the CIDv1 form (``bafz…``, codec
+  ``libp2p-key``) is parsed too.
+* Identity files (:func:`encode_identity_file` / :func:`decode_identity_file`) hold the
+  ``PrivateKey`` protobuf, the format go-libp2p's ``crypto.MarshalPrivateKey`` writes. This
+  module does no file I/O; callers read and write the bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import hashlib
 from typing import Final
@@ -20,7 +28,7 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from glueberry.errors import LocalProtocolError, RemoteProtocolError
+from glueberry.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from glueberry.wire import protobuf, varint
 
 _PROTO: Final = "libp2p-key"
@@ -308,14 +316,36 @@ class PeerId:
 
 
 def _decode_cid(text: str) -> bytes:
-    """Multihash from a CIDv1 peer ID in base32 (the spec's default multibase, ``b…``)."""
-    if len(text) > 256 or not text.startswith("b"):
-        raise RemoteProtocolError("peer ID is neither base58btc nor a base32 CID", protocol=_PROTO)
-    body = text[1:].upper()
+    """Multihash from a CIDv1 peer ID.
+
+    Multibases: base32 (``b``, the spec's default, and ``B``), base58btc (``z``), base16
+    (``f``/``F``) and base64url (``u``).
+    """
+    if len(text) > 256 or len(text) < 2:
+        raise RemoteProtocolError("peer ID is neither base58btc nor a CID", protocol=_PROTO)
+    prefix, body = text[0], text[1:]
     try:
-        raw = base64.b32decode(body + "=" * (-len(body) % 8))
-    except ValueError as exc:
-        raise RemoteProtocolError("invalid base32 in CID peer ID", protocol=_PROTO) from exc
+        if prefix in "bB":
+            if body != (body.lower() if prefix == "b" else body.upper()) or "=" in body:
+                raise ValueError("bad base32")
+            body = body.upper()
+            raw = base64.b32decode(body + "=" * (-len(body) % 8))
+        elif prefix == "z":
+            raw = b58decode(body)
+        elif prefix in "fF":
+            if body != (body.lower() if prefix == "f" else body.upper()):
+                raise ValueError("bad base16")
+            raw = bytes.fromhex(body)
+        elif prefix == "u":
+            if "=" in body or len(body) % 4 == 1:
+                raise ValueError("bad base64url")
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        else:
+            raise RemoteProtocolError("peer ID is neither base58btc nor a CID", protocol=_PROTO)
+    except (ValueError, binascii.Error) as exc:
+        raise RemoteProtocolError(
+            f"invalid multibase in CID peer ID: {exc}", protocol=_PROTO
+        ) from exc
     res = varint.decode(raw, 0)
     if res is None or res[0] != 1:
         raise RemoteProtocolError("CID peer ID must be CIDv1", protocol=_PROTO)
@@ -344,3 +374,52 @@ def _check_multihash(mh: bytes) -> None:
             raise RemoteProtocolError("sha2-256 peer ID must be 32 bytes", protocol=_PROTO)
     else:
         raise RemoteProtocolError(f"unsupported peer ID multihash 0x{code:x}", protocol=_PROTO)
+
+
+# --- identity files ----------------------------------------------------------------------
+
+_ED25519_PROTOBUF_LENGTH: Final = 68  # 08 01 12 40 || seed(32) || public(32)
+
+
+def encode_identity_file(key: PrivateKey) -> bytes:
+    """The bytes of an identity file for ``key``: its ``PrivateKey`` protobuf.
+
+    This is what go-libp2p's ``crypto.MarshalPrivateKey`` produces (68 bytes for Ed25519:
+    ``08 01 12 40 || seed || public key``). Write it with mode 0600.
+    """
+    return key.to_protobuf()
+
+
+def decode_identity_file(data: bytes) -> PrivateKey:
+    """Read the identity-file bytes written by :func:`encode_identity_file`.
+
+    Also accepted, for keys made elsewhere: the base64 text of the protobuf (kubo's
+    ``Identity.PrivKey``, optional surrounding whitespace), the raw 64-byte ``seed || public``
+    file the Go glueberry examples write, and a bare 32-byte seed. Lengths tell these apart.
+
+    Raises:
+        ConfigError: the bytes are none of these, or the key is not a valid Ed25519 key.
+    """
+    data = bytes(data)
+    try:
+        if len(data) == _ED25519_PROTOBUF_LENGTH:
+            return PrivateKey.from_protobuf(data)
+        if len(data) in (32, 64):
+            return PrivateKey.from_bytes(data)
+        text = data.strip()
+        if text.startswith(b"CA") and len(text) <= 512:
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (ValueError, binascii.Error) as exc:
+                raise ConfigError("identity file: invalid base64") from exc
+            return PrivateKey.from_protobuf(raw)
+    except (LocalProtocolError, RemoteProtocolError) as exc:
+        raise ConfigError(f"identity file: {exc}") from exc
+    raise ConfigError(
+        f"identity file: {len(data)} bytes is not a libp2p PrivateKey protobuf (68 bytes), "
+        "a 64-byte seed||public key or a 32-byte seed"
+    )
+
+
+# Registers the verify-only key types (secp256k1, ECDSA, RSA) with PublicKey.from_protobuf.
+from glueberry.wire import keys_verify as _keys_verify  # noqa: E402, F401
