@@ -258,6 +258,8 @@ def test_text_length_cap() -> None:
         Multiaddr("/ip4/1.2.3.4" + "/ws" * 700)
 
 
+# Malformed binary multiaddrs, as a peer could put them in identify listenAddrs/observedAddr,
+# relay reservations or peer records (bad-input list B-20).
 MALFORMED_BYTES = [
     ("empty", ""),
     ("truncated ip4", "04c00002"),
