@@ -36,10 +36,11 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import IO, Final
 
 ROLES: Final = ("inet", "relay", "r1", "r2", "h1", "h2")
 
@@ -77,6 +78,11 @@ def _run(argv: Sequence[str], *, stdin: str | None = None) -> str:
     return proc.stdout
 
 
+#: Lets in what the router's own port mappings (DNAT by miniupnpd) forward to the LAN.
+FORWARD_DNAT: Final = "ct status dnat accept"
+MINIUPNPD_HTTP_PORT: Final = 5555
+
+
 def router_ruleset(*, symmetric: bool, extra_forward: str = "") -> str:
     """The nftables ruleset of a NAT router (WAN interface ``wan``, LAN ``lan``)."""
     masq = "masquerade fully-random" if symmetric else "masquerade"
@@ -102,15 +108,85 @@ table ip gbnat {{
 """
 
 
+#: Config of miniupnpd on a lab router: nftables chains we create, our LAN only.
+MINIUPNPD_CONF: Final = """ext_ifname=wan
+listening_ip=lan
+http_port={http_port}
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=no
+notify_interval=60
+clean_ruleset_interval=600
+uuid=3a0c3f2e-9d4b-4c8e-8f00-{uuid_tail}
+lease_file={lease_file}
+upnp_table_name=gbupnp
+upnp_nat_table_name=gbupnp
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+allow 1024-65535 {lan}.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+
+#: The chains miniupnpd fills in (its nftables backend expects them to exist).
+MINIUPNPD_RULESET: Final = """
+table inet gbupnp {
+    chain forward {
+        type filter hook forward priority filter - 5; policy accept;
+        jump miniupnpd
+    }
+    chain miniupnpd {
+    }
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat - 5; policy accept;
+        jump postrouting_miniupnpd
+    }
+    chain prerouting_miniupnpd {
+    }
+    chain postrouting_miniupnpd {
+    }
+}
+"""
+
+
 @dataclass
 class NatLab:
-    """A built lab. Use :func:`nat_lab` (a context manager) to get one."""
+    """A built lab. Use :func:`nat_lab` (a context manager) to get one.
+
+    Args:
+        symmetric: ``masquerade fully-random`` on both routers.
+        wan_prefix: first three octets of the "internet" /24. The default is private; a
+            gateway daemon such as miniupnpd refuses to map ports while its WAN address is
+            private or reserved, so tests of real port mappings pass a non-reserved prefix.
+            The segment has no link to the host or anything else outside the lab's own
+            namespaces, so no packet can leave it whatever the addresses.
+    """
 
     symmetric: bool = False
+    wan_prefix: str = INET_NET
     prefix: str = field(default_factory=lambda: "gb" + secrets.token_hex(3))
     built: list[str] = field(default_factory=list)
     """Namespaces created so far (teardown deletes exactly these)."""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tempdirs: list[str] = field(default_factory=list)
+    files: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def relay_ip(self) -> str:
+        return f"{self.wan_prefix}.10"
+
+    @property
+    def r1_wan(self) -> str:
+        return f"{self.wan_prefix}.1"
+
+    @property
+    def r2_wan(self) -> str:
+        return f"{self.wan_prefix}.2"
 
     def ns(self, role: str) -> str:
         if role not in ROLES:
@@ -131,7 +207,7 @@ class NatLab:
         self.ip("inet", "link", "add", "br0", "type", "bridge")
         self.ip("inet", "link", "set", "br0", "up")
         # WAN links: <role>:wan <-> inet:<role>, enslaved to the bridge.
-        for role, addr in (("relay", RELAY_IP), ("r1", R1_WAN), ("r2", R2_WAN)):
+        for role, addr in (("relay", self.relay_ip), ("r1", self.r1_wan), ("r2", self.r2_wan)):
             self.ip(role, "link", "add", "wan", "type", "veth", "peer", "name", role, "netns", inet)
             self.ip("inet", "link", "set", role, "master", "br0")
             self.ip("inet", "link", "set", role, "up")
@@ -149,7 +225,58 @@ class NatLab:
             self.ip(h, "link", "set", "lan", "up")
             self.ip(h, "route", "add", "default", "via", f"{net}.1")
             self.exec(r, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            self.nft(r, router_ruleset(symmetric=self.symmetric))
+            self.nft(r, router_ruleset(symmetric=self.symmetric, extra_forward=FORWARD_DNAT))
+
+    def start_miniupnpd(self, role: str = "r1") -> subprocess.Popen[bytes]:
+        """Run miniupnpd (NAT-PMP + UPnP IGD) on a router, serving its LAN only.
+
+        Its config, lease and pid files go to a private temporary directory. Returns once
+        the daemon listens (or raises :class:`LabError` with its log).
+        """
+        if shutil.which("miniupnpd") is None:
+            raise LabError("miniupnpd not found (apt-get install -y miniupnpd-nftables)")
+        if role not in ("r1", "r2"):
+            raise ValueError("miniupnpd runs on a router")
+        lan = LAN1 if role == "r1" else LAN2
+        workdir = tempfile.mkdtemp(prefix=f"{self.prefix}-{role}-upnp-")
+        self.tempdirs.append(workdir)
+        conf = os.path.join(workdir, "miniupnpd.conf")
+        with open(conf, "w", encoding="ascii") as fh:
+            fh.write(
+                MINIUPNPD_CONF.format(
+                    http_port=MINIUPNPD_HTTP_PORT,
+                    uuid_tail=secrets.token_hex(6),
+                    lease_file=os.path.join(workdir, "leases"),
+                    lan=lan,
+                )
+            )
+        self.nft(role, MINIUPNPD_RULESET)
+        log = open(os.path.join(workdir, "log"), "wb")  # noqa: SIM115 - closed in teardown
+        self.files.append(log)
+        proc = self.popen(
+            role,
+            ["miniupnpd", "-d", "-f", conf, "-P", os.path.join(workdir, "pid")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        logpath = os.path.join(workdir, "log")
+        while time.monotonic() < deadline:
+            with open(logpath, "rb") as fh:
+                text = fh.read().decode(errors="replace")
+            if "Listening for NAT-PMP" in text and "HTTP listening" in text:
+                return proc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise LabError(f"miniupnpd did not start: {self.miniupnpd_log(role)}")
+
+    def miniupnpd_log(self, role: str = "r1") -> str:
+        for d in self.tempdirs:
+            if os.path.basename(d).startswith(f"{self.prefix}-{role}-upnp-"):
+                with contextlib.suppress(OSError), open(os.path.join(d, "log"), "rb") as fh:
+                    return fh.read().decode(errors="replace")
+        return ""
 
     # --- running things -----------------------------------------------------------------
 
@@ -224,12 +351,18 @@ class NatLab:
                 time.sleep(0.1)
         self.built.clear()
         self.procs.clear()
+        for fh in self.files:
+            fh.close()
+        self.files.clear()
+        for d in self.tempdirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self.tempdirs.clear()
 
 
 @contextlib.contextmanager
-def nat_lab(*, symmetric: bool = False) -> Iterator[NatLab]:
+def nat_lab(*, symmetric: bool = False, wan_prefix: str = INET_NET) -> Iterator[NatLab]:
     """Build a lab, yield it, and always tear it down (also when building fails)."""
-    lab = NatLab(symmetric=symmetric)
+    lab = NatLab(symmetric=symmetric, wan_prefix=wan_prefix)
     try:
         lab.build()
         yield lab
