@@ -213,7 +213,7 @@ def _make_name_codec(what: str) -> _Codec:
             raise _err(f"{what} {text!r} contains '/', whitespace or a control character")
 
     def parse(text: str) -> bytes:
-        raw = text.encode("utf-8", "surrogatepass")
+        raw = text.encode("utf-8")
         validate(raw)
         return raw
 
@@ -251,7 +251,7 @@ def _unix_validate(raw: bytes) -> None:
 
 
 def _unix_parse(text: str) -> bytes:
-    raw = text.encode("utf-8", "surrogatepass")
+    raw = text.encode("utf-8")
     _unix_validate(raw)
     return raw
 
@@ -555,6 +555,10 @@ def _parse_text(text: str) -> tuple[_Part, ...]:
         raise _err(f"multiaddr string longer than {MAX_MULTIADDR_STRING} characters")
     if not text.startswith("/"):
         raise _err(f"multiaddr {text!r} must begin with '/'")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _err(f"multiaddr {text!r} is not valid Unicode (lone surrogate)") from None
     segments = text.split("/")
     if len(segments) > 2 and segments[-1] == "":
         segments.pop()  # one trailing slash is tolerated, as go-multiaddr does
@@ -682,6 +686,10 @@ class Multiaddr:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
+            try:
+                host.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _err(f"invalid host {host!r}") from None
             parts.append((PROTOCOLS[53], _CODECS[53].parse(host)))
         else:
             if isinstance(ip, ipaddress.IPv4Address):
@@ -817,7 +825,13 @@ class Multiaddr:
         Raises:
             MultiaddrError: the address already ends in a different ``/p2p`` part.
         """
-        pid = peer_id if isinstance(peer_id, PeerId) else PeerId.from_string(peer_id)
+        if isinstance(peer_id, PeerId):
+            pid = peer_id
+        else:
+            try:
+                pid = PeerId.from_string(peer_id)
+            except RemoteProtocolError as exc:
+                raise _err(f"invalid peer ID {peer_id!r}: {exc}") from exc
         current = self.peer_id
         if current is not None:
             if current == pid:

@@ -537,6 +537,37 @@ def test_random_bytes_parse_or_raise_remote_protocol_error(data: bytes) -> None:
     assert Multiaddr(str(ma)) == ma
 
 
+_TEXTY = st.lists(
+    st.one_of(
+        st.sampled_from(["/", "ip4", "ip6", "tcp", "udp", "dns", "p2p", "unix", "http-path", "%"]),
+        st.characters(),
+        st.sampled_from(["1.2.3.4", "::1", "80", "a.b", "%2F", "QmYyQSo1c1Ym7"]),
+    ),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.text(max_size=40), _TEXTY.map(lambda t: "/" + t)))
+def test_random_text_parses_or_raises_multiaddr_error(text: str) -> None:
+    try:
+        ma = Multiaddr(text)
+    except MultiaddrError:
+        return
+    assert Multiaddr(str(ma)) == ma
+    assert Multiaddr(ma.to_bytes()) == ma
+
+
+def test_lone_surrogates_are_refused() -> None:
+    for text in ("/dns/\ud800", "/http-path/\ud800", "/unix/\udfff"):
+        with pytest.raises(MultiaddrError):
+            Multiaddr(text)
+    with pytest.raises(MultiaddrError):
+        Multiaddr.from_socket_address("\ud800", 1)
+    with pytest.raises(MultiaddrError):
+        Multiaddr("/ip4/1.2.3.4").with_p2p("not-a-peer-id")
+
+
 @pytest.mark.parametrize(("text", "hexed"), VALID)
 def test_every_proper_prefix_or_bitflip_is_handled(text: str, hexed: str) -> None:
     data = bytes.fromhex(hexed)
