@@ -43,8 +43,10 @@ from glueberry.errors import DecryptionFailed, LocalProtocolError, RemoteProtoco
 from glueberry.wire import varint
 
 __all__ = [
+    "DEFAULT_MAX_STREAM_NAME_LENGTH",
     "ENCRYPTION_OVERHEAD",
     "GO_MAX_OUTER_LENGTH",
+    "HANDSHAKE_STREAM",
     "MAX_MESSAGE_SIZE_LIMIT",
     "PROTOCOL",
     "DecryptedBatch",
@@ -58,6 +60,9 @@ __all__ = [
     "encode_frames",
     "frame_length",
     "max_outer_length",
+    "stream_name_from_protocol_id",
+    "stream_protocol_id",
+    "validate_stream_name",
 ]
 
 #: ``protocol`` of every error raised here.
@@ -66,6 +71,68 @@ PROTOCOL: Final = "glueberry"
 GO_MAX_OUTER_LENGTH: Final = 64 * 1024 * 1024
 #: nonce(12) + Poly1305 tag(16).
 ENCRYPTION_OVERHEAD: Final = 28
+#: The unencrypted stream the application handshake runs on (Go ``HandshakeStreamName``).
+HANDSHAKE_STREAM: Final = "handshake"
+#: Go's default ``MaxStreamNameLength`` (bytes).
+DEFAULT_MAX_STREAM_NAME_LENGTH: Final = 64
+_PID_PREFIX: Final = "/glueberry/stream/"
+_PID_SUFFIX: Final = "/1.0.0"
+
+
+# --- stream names and protocol IDs (reference §1.2) -----------------------------------
+
+
+def validate_stream_name(
+    name: str,
+    max_length: int = DEFAULT_MAX_STREAM_NAME_LENGTH,
+    *,
+    allow_handshake: bool = False,
+) -> str:
+    """Check a stream name with Go's rules; return it.
+
+    Rules: non-empty; every character a Unicode letter (``str.isalpha``, Go
+    ``unicode.IsLetter``), a decimal digit (``str.isdecimal``, Go ``unicode.IsDigit``), ``-``
+    or ``_``; at most ``max_length`` UTF-8 bytes. ``"handshake"`` is reserved for the
+    handshake stream (Go lets an application shadow it, §1.2) unless ``allow_handshake``.
+
+    Raises:
+        LocalProtocolError: the name breaks a rule (the message says which).
+    """
+    if not isinstance(name, str) or not name:
+        raise LocalProtocolError("stream name must be a non-empty string", protocol=PROTOCOL)
+    size = len(name.encode())
+    if size > max_length:
+        raise LocalProtocolError(
+            f"stream name is {size} bytes, longer than {max_length}", protocol=PROTOCOL
+        )
+    for ch in name:
+        if not (ch.isalpha() or ch.isdecimal() or ch in "-_"):
+            raise LocalProtocolError(
+                f"invalid character {ch!r} in stream name {name!r}", protocol=PROTOCOL
+            )
+    if name == HANDSHAKE_STREAM and not allow_handshake:
+        raise LocalProtocolError(
+            '"handshake" is reserved for the handshake stream', protocol=PROTOCOL
+        )
+    return name
+
+
+def stream_protocol_id(name: str) -> str:
+    """``/glueberry/stream/<name>/1.0.0`` (also for the handshake stream)."""
+    return _PID_PREFIX + name + _PID_SUFFIX
+
+
+def stream_name_from_protocol_id(
+    protocol_id: str, max_length: int = DEFAULT_MAX_STREAM_NAME_LENGTH
+) -> str | None:
+    """The stream name of a glueberry protocol ID, or ``None`` if it is not a valid one."""
+    if not (protocol_id.startswith(_PID_PREFIX) and protocol_id.endswith(_PID_SUFFIX)):
+        return None
+    name = protocol_id[len(_PID_PREFIX) : len(protocol_id) - len(_PID_SUFFIX)]
+    try:
+        return validate_stream_name(name, max_length, allow_handshake=True)
+    except LocalProtocolError:
+        return None
 
 
 def frame_length(payload_length: int) -> int:
@@ -92,8 +159,12 @@ MAX_MESSAGE_SIZE_LIMIT: Final = _largest_payload(GO_MAX_OUTER_LENGTH) - ENCRYPTI
 class Sealer(Protocol):
     """What the encrypting helpers need (``glueberry.peers.crypto.StreamCipher``)."""
 
+    def seal(self, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """Return ``nonce ‖ ciphertext ‖ tag``."""
+        ...
+
     def seal_into(self, out: bytearray, plaintext: bytes | bytearray | memoryview) -> int:
-        """Append ``nonce ‖ ciphertext ‖ tag``; return the number of bytes appended."""
+        """Append ``nonce ‖ ciphertext ‖ tag`` to ``out``; return the number of bytes added."""
         ...
 
 
@@ -139,21 +210,20 @@ def encode_frames(payloads: Iterable[bytes | bytearray | memoryview]) -> bytearr
     return out
 
 
-def encode_encrypted_frame(cipher: Sealer, plaintext: bytes | bytearray | memoryview) -> bytearray:
+def encode_encrypted_frame(cipher: Sealer, plaintext: bytes | bytearray | memoryview) -> bytes:
     """Encrypt ``plaintext`` and frame the blob: ``uvarint(L) ‖ uvarint(N) ‖ nonce ‖ ct ‖ tag``."""
-    out = bytearray(encode_frame_header(len(plaintext) + ENCRYPTION_OVERHEAD))
-    cipher.seal_into(out, plaintext)
-    return out
+    return encode_frame_header(len(plaintext) + ENCRYPTION_OVERHEAD) + cipher.seal(plaintext)
 
 
 def encode_encrypted_frames(
     cipher: Sealer, plaintexts: Iterable[bytes | bytearray | memoryview]
 ) -> bytearray:
-    """Encrypt and frame many messages into one buffer, in order."""
+    """Encrypt and frame many messages, in order, into one buffer (one write)."""
     out = bytearray()
+    seal_into = cipher.seal_into
     for p in plaintexts:
         out += encode_frame_header(len(p) + ENCRYPTION_OVERHEAD)
-        cipher.seal_into(out, p)
+        seal_into(out, p)
     return out
 
 

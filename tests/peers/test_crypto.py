@@ -157,6 +157,9 @@ def test_seal_into_appends() -> None:
     out = bytearray(b"hdr")
     assert cipher.seal_into(out, b"hello") == 33
     assert bytes(out) == b"hdr" + BLOB
+    cipher.close()
+    with pytest.raises(StreamClosed):
+        cipher.seal_into(out, b"x")
 
 
 def test_open_rejects_short_and_tampered() -> None:

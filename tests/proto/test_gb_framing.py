@@ -233,3 +233,44 @@ def test_never_raises_anything_else(data: bytes) -> None:
             dec.receive_data(b"")
         except RemoteProtocolError:
             pass
+
+
+@pytest.mark.parametrize("name", ["messages", "a", "chat-1_x", "ünïcödé", "名前", "x" * 64, "٣"])
+def test_valid_stream_names(name: str) -> None:
+    assert gb_framing.validate_stream_name(name) == name
+    pid = gb_framing.stream_protocol_id(name)
+    assert pid == f"/glueberry/stream/{name}/1.0.0"
+    assert gb_framing.stream_name_from_protocol_id(pid) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "non-empty"),
+        ("a b", "invalid character"),
+        ("a/b", "invalid character"),
+        ("x" * 65, "longer than 64"),
+        ("é" * 33, "longer than 64"),
+        ("²", "invalid character"),  # a digit for isdigit, not a decimal (Go: not Nd)
+        ("handshake", "reserved"),
+    ],
+)
+def test_invalid_stream_names(name: str, why: str) -> None:
+    with pytest.raises(LocalProtocolError, match=why):
+        gb_framing.validate_stream_name(name)
+
+
+def test_handshake_stream_protocol_id() -> None:
+    assert gb_framing.HANDSHAKE_STREAM == "handshake"
+    pid = gb_framing.stream_protocol_id(gb_framing.HANDSHAKE_STREAM)
+    assert pid == "/glueberry/stream/handshake/1.0.0"
+    assert gb_framing.stream_name_from_protocol_id(pid) == "handshake"
+    assert gb_framing.validate_stream_name("handshake", allow_handshake=True) == "handshake"
+    assert gb_framing.validate_stream_name("abc", 3) == "abc"
+    for bad in (
+        "/glueberry/handshake/1.0.0",
+        "/glueberry/stream//1.0.0",
+        "/glueberry/stream/a b/1.0.0",
+        "/x",
+    ):
+        assert gb_framing.stream_name_from_protocol_id(bad) is None
