@@ -690,3 +690,77 @@ def test_receive_nonce_exhaustion() -> None:
         b.decrypt(last)
     with pytest.raises(DecryptionFailed):
         b.decrypt(last)
+
+
+# --- payload codec (wire/pb_noise.py) --------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    key=st.binary(max_size=64),
+    sig=st.binary(max_size=128),
+    ext=st.none()
+    | st.builds(
+        NoiseExtensions,
+        webtransport_certhashes=st.lists(st.binary(max_size=64), max_size=16).map(tuple),
+        stream_muxers=st.lists(st.text(max_size=20), max_size=100).map(tuple),
+    ),
+)
+def test_payload_round_trip(key: bytes, sig: bytes, ext: NoiseExtensions | None) -> None:
+    p = NoiseHandshakePayload(identity_key=key, identity_sig=sig, extensions=ext)
+    assert decode_payload(encode_payload(p)) == p
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_payload_decode_raises_only_remote_errors(data: bytes) -> None:
+    try:
+        decode_payload(data)
+    except RemoteProtocolError:
+        pass
+
+
+def test_payload_golden_bytes() -> None:
+    """Field numbers and nesting as in the spec's proto2 schema."""
+    p = NoiseHandshakePayload(
+        identity_key=b"K", identity_sig=b"S", extensions=NoiseExtensions(stream_muxers=("/y",))
+    )
+    assert encode_payload(p) == b"\x0a\x01K\x12\x01S\x22\x04\x12\x02/y"
+
+
+def test_payload_muxer_caps() -> None:
+    many = [protobuf.field_str(2, f"/m/{k}") for k in range(150)]
+    p = decode_payload(protobuf.field_bytes(4, b"".join(many)))
+    assert p.extensions is not None
+    assert p.extensions.muxers_overflow and len(p.extensions.stream_muxers) == 100
+    # Overflow also counts across repeated (merged) extensions fields.
+    half = protobuf.field_bytes(4, b"".join(many[:60]))
+    p = decode_payload(half + half)
+    assert p.extensions is not None and p.extensions.muxers_overflow
+    # Non-UTF-8 or oversized entries are dropped, not fatal.
+    ext = protobuf.field_bytes(2, b"\xff") + protobuf.field_str(2, "/x" * 600)
+    p = decode_payload(protobuf.field_bytes(4, ext + protobuf.field_str(2, "/yamux/1.0.0")))
+    assert p.extensions is not None and p.extensions.stream_muxers == ("/yamux/1.0.0",)
+
+
+def test_payload_certhash_caps() -> None:
+    hashes = b"".join(protobuf.field_bytes(1, bytes(34)) for _ in range(40))
+    p = decode_payload(protobuf.field_bytes(4, hashes))
+    assert p.extensions is not None and len(p.extensions.webtransport_certhashes) == 16
+    with pytest.raises(RemoteProtocolError):
+        decode_payload(protobuf.field_bytes(4, protobuf.field_bytes(1, bytes(200))))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        protobuf.field_varint(2, 1),  # signature as a varint
+        protobuf.field_varint(4, 1),  # extensions as a varint
+        protobuf.field_bytes(4, protobuf.field_varint(2, 7)),  # muxer as a varint
+        protobuf.field_bytes(2, bytes(2000)),  # oversized signature
+        b"\x0a\x05abc",  # truncated
+    ],
+)
+def test_payload_rejects(bad: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_payload(bad)
