@@ -43,7 +43,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -343,6 +343,3 @@ class Config:
             max_delay=self.reconnect_max_backoff,
             max_attempts=self.reconnect_max_attempts,
         )
-
-    def __getstate__(self) -> Any:  # pragma: no cover - configs carry live objects
-        raise TypeError("Config is not picklable (it holds a private key and live objects)")
