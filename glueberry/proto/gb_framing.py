@@ -252,6 +252,10 @@ class FrameDecoder:
     Call order: ``receive_data(chunk)*`` then optionally ``receive_data(b"")`` (end of stream).
     After an error or end of stream, further calls raise
     :class:`~glueberry.errors.LocalProtocolError`.
+
+    This is a codec inside a driver, not a full sans-I/O machine: it has no timers and
+    nothing to send, so ``receive_data`` takes no ``now`` and returns the decoded payloads
+    directly (one list per read) instead of queueing events.
     """
 
     __slots__ = ("_chunks", "_closed", "_failed", "_max_outer", "_nbuf", "_need", "max_payload")
