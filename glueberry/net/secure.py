@@ -130,25 +130,37 @@ class NoiseConnection:
         if self._closed or self._failed is not None:
             raise ConnectionLost("write on a closed secure connection")
         buf = self._wbuf
-        if not buf and len(data) >= MAX_PLAINTEXT:
-            # Large write on an empty buffer: seal the full frames straight from ``data``.
-            n = len(data)
-            full = n - n % MAX_PLAINTEXT
-            with memoryview(data) as mv:
-                self._seal_and_write(mv[:full])
-                if full < n:
-                    buf += mv[full:]
-        else:
+        if len(buf) + len(data) < MAX_PLAINTEXT:
             buf += data
-            if len(buf) >= MAX_PLAINTEXT:
-                full = len(buf) - len(buf) % MAX_PLAINTEXT
-                with memoryview(buf) as mv, mv[:full] as head:
-                    out = self._encrypt(head)
-                del buf[:full]
-                self._raw.write(out)
+        else:
+            self._write_frames(data)
         if buf and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _write_frames(self, data: bytes | bytearray | memoryview) -> None:
+        """Seal and write every full frame ``buf + data`` holds; keep the tail in ``buf``.
+
+        The buffer is topped up to one frame and the rest of ``data`` is sealed straight
+        from the caller's memory: a large write is copied once (by the AEAD), not twice.
+        """
+        buf = self._wbuf
+        n = len(data)
+        pos = 0
+        with memoryview(data) as mv:
+            if buf:
+                pos = MAX_PLAINTEXT - len(buf)
+                buf += mv[:pos]
+                out = self._encrypt(buf)
+                buf.clear()
+                self._raw.write(out)
+            full = (n - pos) - (n - pos) % MAX_PLAINTEXT
+            if full:
+                with mv[pos : pos + full] as body:
+                    out = self._encrypt(body)
+                self._raw.write(out)
+            if pos + full < n:
+                buf += mv[pos + full :]
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         try:
@@ -156,9 +168,6 @@ class NoiseConnection:
         except SecurityError as exc:
             self._fail(exc)
             raise ConnectionLost("secure connection failed") from exc
-
-    def _seal_and_write(self, data: bytes | bytearray | memoryview) -> None:
-        self._raw.write(self._encrypt(data))
 
     def _flush(self) -> None:
         """The once-per-batch callback: seal the tail (less than one frame) and write it."""
