@@ -125,3 +125,14 @@ try:
 except OSError as exc:
     print(type(exc).__name__)
 """
+
+
+def test_shell_script_selftest() -> None:
+    res = subprocess.run(
+        ["bash", str(HERE / "netlab.sh"), "selftest"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0 and "selftest: OK" in res.stdout, (res.stdout, res.stderr)
