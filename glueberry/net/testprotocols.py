@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from glueberry.errors import GlueberryError, RemoteProtocolError, StreamReset
+from glueberry.net.limits import Limits
 
 if TYPE_CHECKING:
     from glueberry.transport.base import Stream
@@ -55,6 +56,14 @@ MAX_SOURCE: Final = 1 << 34
 IDLE_TIMEOUT: Final = 120.0
 #: Write size of the pattern writers.
 CHUNK: Final = 65536
+
+#: Stream limits for a host serving these protocols to suites that open 1 000 streams at once
+#: (the host's defaults follow go-libp2p's small-machine resource manager).
+TEST_LIMITS: Final = Limits(
+    max_negotiating_streams=4096,
+    max_inbound_streams_per_connection=4096,
+    max_streams_per_connection=8192,
+)
 
 _PATTERN: Final = bytes(i % PATTERN_PERIOD for i in range(PATTERN_PERIOD + CHUNK))
 _PATTERN_VIEW: Final = memoryview(_PATTERN)
@@ -350,6 +359,7 @@ __all__ = [
     "SERVERS",
     "SINK_PROTOCOL",
     "SOURCE_PROTOCOL",
+    "TEST_LIMITS",
     "TEST_PROTOCOLS",
     "echo_pattern",
     "expect_close",
