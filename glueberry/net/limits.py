@@ -67,9 +67,9 @@ class Limits:
     """Inbound connections still in the upgrade (security + muxer) at the same time; over
     it, new connections are closed at once (enforced by the upgrader)."""
     max_streams_per_connection: int | None = 1024
-    """Open streams per connection, both directions."""
+    """Open streams per connection, both directions (as the muxer counts them)."""
     max_inbound_streams_per_connection: int | None = 512
-    """Open streams per connection that the peer opened."""
+    """Streams of one connection that the peer opened and whose handler still runs."""
     max_negotiating_streams: int | None = 128
     """Inbound streams of one connection still in multistream-select at the same time."""
 
@@ -169,65 +169,66 @@ class ConnectionReservation:
 
 
 class StreamCounter:
-    """Open and negotiating streams of one connection."""
+    """Stream bookkeeping of one connection.
 
-    __slots__ = ("_limits", "inbound", "negotiating", "outbound", "rejected")
+    The muxer knows how many streams are open (``open_streams`` below comes from it); this
+    counter adds what the muxer cannot know: inbound streams still in multistream-select and
+    inbound streams whose handler still runs.
+    """
+
+    __slots__ = ("_limits", "handling", "negotiating", "rejected")
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
-        self.inbound = 0
-        self.outbound = 0
+        #: Inbound streams negotiating or being handled.
+        self.handling = 0
+        #: Inbound streams in multistream-select.
         self.negotiating = 0
-        #: Refused inbound streams (reset with code 0x1002).
+        #: Inbound streams refused (reset with code 0x1002).
         self.rejected = 0
 
-    @property
-    def total(self) -> int:
-        return self.inbound + self.outbound
-
-    def open_outbound(self) -> None:
-        """Count a stream we open.
+    def check_outbound(self, open_streams: int) -> None:
+        """Before opening a stream, with ``open_streams`` open on the connection.
 
         Raises:
-            ResourceLimitExceeded: ``max_streams_per_connection`` reached.
+            ResourceLimitExceeded: ``max_streams_per_connection`` reached (``remote=False``).
         """
         lim = self._limits.max_streams_per_connection
-        if _over(lim, self.total):
+        if _over(lim, open_streams):
             raise ResourceLimitExceeded(
                 f"local limit max_streams_per_connection={lim} reached",
                 limit="max_streams_per_connection",
             )
-        self.outbound += 1
 
-    def try_open_inbound(self) -> str | None:
-        """Count a stream the peer opened and that is about to be negotiated.
+    def try_open_inbound(self, open_streams: int) -> str | None:
+        """Admit a stream the peer opened (``open_streams`` open, this one excluded).
 
         Returns:
-            ``None`` when accepted, else the name of the limit that refuses it.
+            ``None`` when admitted (it then counts as negotiating and handled), else the
+            name of the limit that refuses it.
         """
         lim = self._limits
         name: str | None = None
-        if _over(lim.max_streams_per_connection, self.total):
+        if _over(lim.max_streams_per_connection, open_streams):
             name = "max_streams_per_connection"
-        elif _over(lim.max_inbound_streams_per_connection, self.inbound):
+        elif _over(lim.max_inbound_streams_per_connection, self.handling):
             name = "max_inbound_streams_per_connection"
         elif _over(lim.max_negotiating_streams, self.negotiating):
             name = "max_negotiating_streams"
         if name is not None:
             self.rejected += 1
             return name
-        self.inbound += 1
+        self.handling += 1
         self.negotiating += 1
         return None
 
     def negotiated(self) -> None:
+        """The stream's negotiation ended (either way)."""
         self.negotiating -= 1
 
-    def close(self, direction: Direction) -> None:
-        if direction is Direction.INBOUND:
-            self.inbound -= 1
-        else:
-            self.outbound -= 1
+    def handled(self) -> None:
+        """The stream's handler returned (or negotiation failed)."""
+        self.handling -= 1
 
 
 __all__ = [

@@ -1,13 +1,35 @@
-"""Host building blocks: limits, gater, peerstore (pure bookkeeping, no I/O)."""
+"""The host over the in-memory transport, and its building blocks: limits, gater, peerstore."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
-from glueberry.errors import ConfigError, PeerIdMismatch, ResourceLimitExceeded
+from glueberry.errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    ErrorCode,
+    NegotiationFailed,
+    NodeStateError,
+    PeerBlacklisted,
+    PeerIdMismatch,
+    PeerNotFound,
+    ResourceLimitExceeded,
+    StreamReset,
+)
 from glueberry.net.gater import AllowAll, BlockList
+from glueberry.net.host import Host, HostConfig
 from glueberry.net.limits import Direction, Limits, ResourceLimiter, StreamCounter
+from glueberry.net.negotiate import select_protocol_lazy
 from glueberry.net.peerstore import Peerstore
+from glueberry.transport.base import Stream
+from glueberry.transport.memory import MemoryNetwork, MemoryTransport
 from glueberry.wire.identity import PeerId, PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
 
@@ -71,20 +93,21 @@ def test_stream_counter() -> None:
             max_negotiating_streams=2,
         )
     )
-    assert sc.try_open_inbound() is None
-    assert sc.try_open_inbound() is None
-    assert sc.try_open_inbound() == "max_negotiating_streams"
+    assert sc.try_open_inbound(0) is None
+    assert sc.try_open_inbound(1) is None
+    assert sc.try_open_inbound(2) == "max_negotiating_streams"
     sc.negotiated()
-    assert sc.try_open_inbound() is None
-    assert sc.try_open_inbound() == "max_inbound_streams_per_connection"
-    sc.open_outbound()
+    assert sc.try_open_inbound(2) is None
+    assert sc.try_open_inbound(3) == "max_inbound_streams_per_connection"
+    sc.handled()
+    assert sc.try_open_inbound(4) == "max_streams_per_connection"
+    sc.check_outbound(3)
     with pytest.raises(ResourceLimitExceeded) as info:
-        sc.open_outbound()
+        sc.check_outbound(4)
     assert info.value.limit == "max_streams_per_connection"
-    assert sc.rejected == 2
-    sc.close(Direction.INBOUND)
-    sc.close(Direction.OUTBOUND)
-    assert sc.total == 2
+    assert not info.value.remote
+    assert sc.rejected == 3
+    assert (sc.handling, sc.negotiating) == (2, 2)
 
 
 # --- gater -----------------------------------------------------------------------------
@@ -168,3 +191,382 @@ def test_peerstore_evicts_unprotected_lru() -> None:
     ps.unprotect(peers[0])
     ps.remove_peer(peers[0])
     assert len(ps) == 2
+
+
+# --- the host over the in-memory transport ----------------------------------------------------
+
+ECHO = "/test/echo/1.0.0"
+
+
+async def echo_handler(stream: Stream) -> None:
+    async for chunk in stream:
+        await stream.write(chunk)
+    await stream.close()
+
+
+def mem_host(net: MemoryNetwork, seed: int, *, listen: bool = True, **config: Any) -> Host:
+    cfg = HostConfig(transports=[MemoryTransport(net)], **config)
+    return Host(
+        PrivateKey.from_seed(bytes([seed]) * 32),
+        listen_addrs=["/ip4/127.0.0.1/tcp/0"] if listen else (),
+        config=cfg,
+    )
+
+
+@contextlib.asynccontextmanager
+async def two_hosts(
+    *,
+    net: MemoryNetwork | None = None,
+    a: dict[str, Any] | None = None,
+    b: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[Host, Host]]:
+    net = net or MemoryNetwork()
+    async with mem_host(net, 1, **(a or {})) as ha, mem_host(net, 2, **(b or {})) as hb:
+        ha.set_stream_handler(ECHO, echo_handler)
+        hb.set_stream_handler(ECHO, echo_handler)
+        ha.peerstore.add_addrs(hb.peer_id, hb.addrs)
+        hb.peerstore.add_addrs(ha.peer_id, ha.addrs)
+        yield ha, hb
+
+
+async def echo(stream: Stream, payload: bytes) -> bytes:
+    await stream.write(payload)
+    await stream.close_write()
+    out = bytearray()
+    async for chunk in stream:
+        out += chunk
+    return bytes(out)
+
+
+def host_tasks() -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+
+async def test_host_lifecycle_and_addrs() -> None:
+    net = MemoryNetwork()
+    host = mem_host(net, 1)
+    with pytest.raises(NodeStateError):
+        await host.connect(PrivateKey.from_seed(b"\x05" * 32).peer_id)
+    async with host:
+        assert host.peer_id == PrivateKey.from_seed(b"\x01" * 32).peer_id
+        (addr,) = host.addrs
+        assert addr.to_socket_address().port > 40000
+        more = await host.listen("/ip4/127.0.0.1/tcp/0")
+        assert len(host.addrs) == 2 and more[0] in host.addrs
+        with pytest.raises(NodeStateError) as info:
+            await host.start()
+        assert info.value.code == ErrorCode.NODE_ALREADY_STARTED
+        with pytest.raises(ConnectError):
+            await host.listen("/ip4/127.0.0.1/udp/1/quic-v1")
+    assert not host_tasks()
+    with pytest.raises(NodeStateError) as info:
+        await host.new_stream(PrivateKey.from_seed(b"\x05" * 32).peer_id, ECHO)
+    assert info.value.code == ErrorCode.NODE_STOPPED
+    await host.close()  # idempotent
+
+
+async def test_connect_new_stream_echo_and_protocol() -> None:
+    async with two_hosts() as (ha, hb):
+        seen: list[tuple[str, Any]] = []
+        hb.add_connection_listener(
+            lambda c: seen.append(("up", c.remote_peer)),
+            lambda c: seen.append(("down", c.remote_peer)),
+        )
+        stream = await ha.new_stream(hb.peer_id, ["/nope/1.0.0", ECHO])
+        assert stream.protocol == ECHO
+        assert await echo(stream, b"hello host") == b"hello host"
+        (conn,) = ha.connections()
+        assert conn.remote_peer == hb.peer_id
+        assert ha.connections(hb.peer_id) == [conn]
+        assert ha.connection_for(hb.peer_id) is conn
+        assert await ha.connect(hb.peer_id) is conn  # reused
+        assert len(hb.connections(ha.peer_id)) == 1
+        assert seen == [("up", ha.peer_id)]
+        assert hb.peerstore.public_key(ha.peer_id) == ha.identity.public_key
+        assert ha.peerstore.addrs(hb.peer_id) == hb.addrs
+        assert sorted(ha.protocols) == [ECHO]
+        await conn.close()
+        for _ in range(100):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert hb.connections() == [] and ha.connections() == []
+        assert seen == [("up", ha.peer_id), ("down", ha.peer_id)]
+        # a new stream dials again
+        stream = await ha.new_stream(hb.peer_id, ECHO)
+        assert await echo(stream, b"again") == b"again"
+
+
+async def test_connect_by_address_only() -> None:
+    async with two_hosts() as (ha, hb):
+        conn = await ha.connect(None, hb.addrs)
+        assert conn.remote_peer == hb.peer_id
+        # /p2p suffix names the peer; a wrong one fails the handshake check
+        with pytest.raises(PeerIdMismatch):
+            await ha.connect(
+                None, [hb.addrs[0].with_p2p(PrivateKey.from_seed(b"\x09" * 32).peer_id)]
+            )
+
+
+async def test_lazy_dialer_data_after_protocol_is_kept() -> None:
+    """B-08 through the host: bytes pipelined behind the protocol line reach the handler."""
+    async with two_hosts() as (ha, hb):
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def first_read(stream: Stream) -> None:
+            got.set_result(await stream.readexactly(5))
+            await stream.close()
+
+        hb.set_stream_handler("/lazy/1.0.0", first_read)
+        conn = await ha.connect(hb.peer_id)
+        stream = await conn.open_stream()
+        sel = await select_protocol_lazy(stream, "/lazy/1.0.0", b"early")
+        assert await asyncio.wait_for(got, 5) == b"early"
+        await sel.confirm()
+        await stream.close()
+
+
+async def test_unknown_protocol_fails_negotiation() -> None:
+    async with two_hosts() as (ha, hb):
+        with pytest.raises(NegotiationFailed):
+            await ha.new_stream(hb.peer_id, ["/a/1", "/b/1"])
+        # the connection survives
+        assert await echo(await ha.new_stream(hb.peer_id, ECHO), b"ok") == b"ok"
+
+
+async def test_handler_exception_resets_stream_not_host() -> None:
+    async with two_hosts() as (ha, hb):
+
+        async def broken(stream: Stream) -> None:
+            await stream.read()
+            raise RuntimeError("handler bug")
+
+        hb.set_stream_handler("/broken/1.0.0", broken)
+        stream = await ha.new_stream(hb.peer_id, "/broken/1.0.0")
+        await stream.write(b"x")
+        with pytest.raises(StreamReset):
+            while await stream.read():
+                pass
+        assert await echo(await ha.new_stream(hb.peer_id, ECHO), b"still up") == b"still up"
+
+
+async def test_concurrent_connects_share_one_dial() -> None:
+    async with two_hosts() as (ha, hb):
+        conns = await asyncio.gather(*(ha.connect(hb.peer_id) for _ in range(10)))
+        assert len({id(c) for c in conns}) == 1
+        assert len(ha.connections()) == 1
+        assert len(hb.connections()) == 1
+
+
+async def test_connect_errors() -> None:
+    net = MemoryNetwork()
+    async with mem_host(net, 1) as ha:
+        other = PrivateKey.from_seed(b"\x07" * 32).peer_id
+        with pytest.raises(PeerNotFound):
+            await ha.connect(other)
+        with pytest.raises(ConnectError):
+            await ha.connect(ha.peer_id, ha.addrs)
+        with pytest.raises(ConnectError):  # nothing listens there
+            await ha.connect(other, ["/ip4/127.0.0.1/tcp/9"])
+        with pytest.raises(ConnectError) as info:
+            await ha.connect(other, ["/ip4/127.0.0.1/tcp/9", "/ip4/127.0.0.1/tcp/10"])
+        assert len(info.value.errors) == 2  # type: ignore[attr-defined]
+        with pytest.raises(ConnectError):
+            await ha.connect(other, ["/ip4/127.0.0.1/udp/9/quic-v1"])
+
+
+async def test_dial_timeout_and_cancellation_leave_nothing_behind() -> None:
+    """C10: a dial to a peer that never answers times out; a cancelled dial stops."""
+    net = MemoryNetwork()
+    silent: list[Any] = []
+    await net.listen(7, silent.append)  # accepts, never speaks
+    async with mem_host(net, 1, listen=False, dial_address_timeout=0.2) as ha:
+        before = host_tasks()
+        other = PrivateKey.from_seed(b"\x07" * 32).peer_id
+        with pytest.raises(ConnectTimeout):
+            await ha.connect(other, ["/ip4/127.0.0.1/tcp/7"])
+        task = asyncio.ensure_future(ha.connect(other, ["/ip4/127.0.0.1/tcp/7"]))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.01)
+        assert host_tasks() == before
+        assert ha.limiter.connections == 0
+        for raw in silent:
+            assert raw.is_closing()
+
+
+async def test_cancel_one_waiter_keeps_shared_dial() -> None:
+    async with two_hosts() as (ha, hb):
+        first = asyncio.ensure_future(ha.connect(hb.peer_id))
+        second = asyncio.ensure_future(ha.connect(hb.peer_id))
+        await asyncio.sleep(0)
+        first.cancel()
+        conn = await asyncio.wait_for(second, 5)
+        assert conn.remote_peer == hb.peer_id
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+
+async def test_cancel_during_handshake() -> None:
+    """Cancel connect() while the Noise handshake is in flight (trickled bytes)."""
+    net = MemoryNetwork(trickle=True)
+    async with two_hosts(net=net) as (ha, hb):
+        before = host_tasks()
+        task = asyncio.ensure_future(ha.connect(hb.peer_id))
+        for _ in range(200):
+            await asyncio.sleep(0)
+            if hb.upgrader.pending_inbound:
+                break
+        assert hb.upgrader.pending_inbound == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if host_tasks() == before and not hb.upgrader.pending_inbound:
+                break
+            await asyncio.sleep(0.01)
+        assert host_tasks() == before
+        assert not ha.connections() and not hb.connections()
+        assert ha.limiter.connections == 0 and hb.limiter.connections == 0
+
+
+async def test_gater_on_accept_dial_and_secured() -> None:
+    gate_b = BlockList()
+    gate_a = BlockList()
+    async with two_hosts(a={"gater": gate_a}, b={"gater": gate_b}) as (ha, hb):
+        # by peer, once secured (inbound side). The dialer finishes Noise one message
+        # before the listener does, so its connect() may succeed; the connection then dies.
+        gate_b.block_peer(ha.peer_id)
+        try:
+            conn = await ha.connect(hb.peer_id)
+        except (ConnectionLost, ConnectError):
+            pass
+        else:
+            await asyncio.wait_for(conn.wait_closed(), 5)  # type: ignore[attr-defined]
+        assert not hb.connections()
+        gate_b.unblock_peer(ha.peer_id)
+        # by address, on accept (memory connections come from 127.0.0.1)
+        gate_b.block_network("127.0.0.0/8")
+        with pytest.raises(ConnectionLost):
+            await ha.connect(hb.peer_id)
+        assert hb.refused_inbound == {"gater": 1}
+        gate_b.unblock_network("127.0.0.0/8")
+        # dialing side
+        gate_a.block_peer(hb.peer_id)
+        with pytest.raises(PeerBlacklisted) as info:
+            await ha.connect(hb.peer_id)
+        assert info.value.permanent
+        gate_a.unblock_peer(hb.peer_id)
+        assert (await ha.connect(hb.peer_id)).remote_peer == hb.peer_id
+
+
+async def test_connection_limits_typed_errors() -> None:
+    net = MemoryNetwork()
+    limits = Limits(max_connections=1)
+    async with (
+        mem_host(net, 1, limits=limits) as ha,
+        mem_host(net, 2) as hb,
+        mem_host(net, 3) as hc,
+    ):
+        await ha.connect(hb.peer_id, hb.addrs)
+        with pytest.raises(ResourceLimitExceeded) as info:
+            await ha.connect(hc.peer_id, hc.addrs)
+        assert info.value.limit == "max_connections"
+        assert info.value.remote is False
+        # inbound over the limit is refused before the upgrade
+        with pytest.raises((ConnectionLost, ConnectError)):
+            await hc.connect(ha.peer_id, ha.addrs)
+        assert ha.refused_inbound == {"max_connections": 1}
+
+
+async def test_stream_limits_local_and_remote() -> None:
+    hold = asyncio.Event()
+
+    async def holding(stream: Stream) -> None:
+        await hold.wait()
+        await stream.close()
+
+    async with two_hosts(
+        a={"limits": Limits(max_streams_per_connection=3)},
+        b={"limits": Limits(max_inbound_streams_per_connection=2)},
+    ) as (ha, hb):
+        hb.set_stream_handler("/hold/1.0.0", holding)
+        s1 = await ha.new_stream(hb.peer_id, "/hold/1.0.0")
+        s2 = await ha.new_stream(hb.peer_id, "/hold/1.0.0")
+        # B refuses a third concurrent inbound stream: remote limit
+        with pytest.raises(ResourceLimitExceeded) as info:
+            await ha.new_stream(hb.peer_id, "/hold/1.0.0")
+        assert info.value.remote is True
+        s3 = await ha.connect(hb.peer_id)
+        extra = await s3.open_stream()  # raw stream counts towards A's own limit
+        with pytest.raises(ResourceLimitExceeded) as info:
+            await ha.new_stream(hb.peer_id, ECHO)
+        assert info.value.limit == "max_streams_per_connection"
+        assert info.value.remote is False
+        extra.reset()
+        hold.set()
+        for s in (s1, s2):
+            await s.close()
+        assert await echo(await ha.new_stream(hb.peer_id, ECHO), b"ok") == b"ok"
+
+
+async def test_negotiation_timeout_on_inbound_stream() -> None:
+    async with two_hosts(b={"negotiate_timeout": 0.1}) as (ha, hb):
+        conn = await ha.connect(hb.peer_id)
+        stream = await conn.open_stream()  # never negotiates
+        with pytest.raises(StreamReset):
+            while await asyncio.wait_for(stream.read(), 5):
+                pass
+
+
+async def test_close_with_live_streams_leaves_nothing() -> None:
+    net = MemoryNetwork()
+    before = host_tasks()
+    ha, hb = mem_host(net, 1), mem_host(net, 2)
+    await ha.start()
+    await hb.start()
+    hb.set_stream_handler(ECHO, echo_handler)
+    streams = [await ha.new_stream(hb.peer_id, ECHO, addrs=hb.addrs) for _ in range(5)]
+    await hb.close()  # handlers cancelled, GoAway, streams reset on A
+    for s in streams:
+        with pytest.raises(StreamReset):
+            await s.write(b"x")
+            await asyncio.wait_for(s.read(), 5)
+    await ha.close()
+    assert host_tasks() == before
+
+
+async def test_close_cancelled_still_cleans_up() -> None:
+    """C10: cancelling close() itself still leaves no task behind."""
+    before = host_tasks()
+    net = MemoryNetwork()
+    ha, hb = mem_host(net, 1), mem_host(net, 2)
+    await ha.start()
+    await hb.start()
+    hb.set_stream_handler(ECHO, echo_handler)
+    await ha.new_stream(hb.peer_id, ECHO, addrs=hb.addrs)
+    closing = asyncio.ensure_future(ha.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await hb.close()
+    await ha.close()
+    assert host_tasks() == before
+
+
+async def test_spawn_is_owned_and_guarded() -> None:
+    async with two_hosts() as (ha, _):
+
+        async def boom() -> None:
+            raise RuntimeError("service bug")
+
+        forever = asyncio.Event()
+        t1 = ha.spawn(boom())
+        t2 = ha.spawn(forever.wait())
+        await asyncio.sleep(0.01)
+        assert t1.done() and t1.exception() is None  # logged, not propagated
+        assert not t2.done()
+    assert t2.cancelled()

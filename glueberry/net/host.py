@@ -1,0 +1,1022 @@
+"""The libp2p host: listeners, dialing, the connection pool and per-protocol stream handlers.
+
+Spec: https://github.com/libp2p/specs/blob/master/connections/README.md (connection
+establishment, protocol negotiation on streams). Behaviour matched: go-libp2p's
+``basichost`` + ``swarm`` (libp2p-notes §2.14, §6.2, §6.3).
+
+Theory of operation
+-------------------
+Ownership (architecture C10). :meth:`Host.start` opens one ``asyncio.TaskGroup``; every task
+of the host lives in it, and :meth:`Host.close` cancels and awaits them all. Each connection
+is *one* task of that group, from the first byte to teardown: it runs the upgrade, registers
+the connection, then owns a child ``TaskGroup`` in which the stream negotiations and stream
+handlers of that connection run. When the connection ends, its leftover handler tasks are
+cancelled, its limit reservation is released and ``on_disconnected`` listeners run. No task
+is ever created outside these groups, and every spawned coroutine is wrapped so that an
+exception is logged rather than tearing down its siblings: a failing handler resets its
+stream, never the host.
+
+Inbound path. A listener's callback (synchronous, in the accept path) checks the gater's
+``allow_accept`` and reserves an inbound slot (:mod:`glueberry.net.limits`); a refused
+connection is aborted at once. The upgrader then applies the pending-upgrade cap and the 15 s
+upgrade deadline (B-40). Once the peer is authenticated, ``allow_secured`` and the per-peer
+limit run before any muxer byte is read.
+
+Outbound path. :meth:`Host.connect` reuses a live connection to the peer if there is one;
+otherwise concurrent calls for one peer share one dial (go's dial sync). The dial tries the
+addresses in order, each under ``dial_address_timeout`` and all under ``dial_timeout``. A
+caller cancelled while waiting leaves the dial running for the others; the last waiter to
+go cancels it, so nothing half-open outlives its callers.
+
+Streams. :meth:`Host.new_stream` opens a yamux stream and runs multistream-select as dialer.
+An inbound stream is negotiated as listener against the registered handlers (10 s deadline,
+at most ``max_negotiating_streams`` at once per connection; over the limits it is reset with
+go's code 0x1002), then handed to its handler in the connection's task group. The handler
+owns the stream: the host does not close it when the handler returns.
+
+Simultaneous dials (both peers dial each other at once). Both connections are kept, as
+go-libp2p does: neither side sees a failure. To converge, :meth:`Host.connection_for` (used
+by :meth:`Host.connect` and :meth:`Host.new_stream`) prefers, among live connections to a
+peer, the one dialed by the peer with the lower peer ID, then the oldest. Both ends compute
+the same choice, so new streams flow over one connection and the other one idles.
+
+Notifications. :meth:`Host.add_connection_listener` registers synchronous
+``on_connected(conn)`` / ``on_disconnected(conn)`` callbacks, called on the loop in
+connection order (a connected call always precedes the disconnected call for the same
+connection). A service needing to do I/O in response starts a task with :meth:`Host.spawn`.
+
+Close. :meth:`Host.close` stops the listeners, closes every connection gracefully (the muxer
+sends its close/GoAway) within ``close_timeout``, then cancels whatever still runs and waits
+for it. Nothing is left behind: no task, no socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+
+from glueberry.errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    ErrorCode,
+    GlueberryError,
+    NodeStateError,
+    PeerBlacklisted,
+    PeerNotFound,
+    ResourceLimitExceeded,
+    StreamError,
+    StreamReset,
+    TransportError,
+)
+from glueberry.net.gater import ConnectionGater
+from glueberry.net.limits import (
+    STREAM_RESOURCE_LIMIT_EXCEEDED,
+    ConnectionReservation,
+    Direction,
+    Limits,
+    ResourceLimiter,
+    StreamCounter,
+)
+from glueberry.net.negotiate import handle_protocol, select_protocol
+from glueberry.net.peerstore import Peerstore
+from glueberry.net.upgrader import MuxerFactory, SecureUpgrade, Upgrader
+from glueberry.transport.tcp import TcpTransport
+from glueberry.wire.multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from glueberry.transport.base import (
+        MuxedConnection,
+        RawConnection,
+        SecureConnection,
+        Stream,
+        StreamHandler,
+    )
+    from glueberry.wire.identity import PeerId, PrivateKey
+
+logger = logging.getLogger(__name__)
+
+#: go-libp2p stream reset code when multistream-select finds no common protocol.
+STREAM_PROTOCOL_NEGOTIATION_FAILED: Final = 0x1001
+#: go-libp2p stream reset code on shutdown.
+STREAM_SHUTDOWN: Final = 0x1007
+
+RawCallback = Callable[["RawConnection"], None]
+
+
+class TransportListener(Protocol):
+    """A bound listener of some transport."""
+
+    @property
+    def multiaddrs(self) -> list[Multiaddr]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Dials and listens on the multiaddrs it claims (TCP, memory, later QUIC/circuit).
+
+    The connections it produces are raw and get upgraded by the host.
+    """
+
+    name: str
+
+    def can_dial(self, addr: Multiaddr) -> bool: ...
+
+    def can_listen(self, addr: Multiaddr) -> bool: ...
+
+    def to_multiaddr(self, address: tuple[str, int]) -> Multiaddr: ...
+
+    async def dial(self, addr: Multiaddr, *, timeout: float | None) -> Any: ...  # noqa: ASYNC109
+
+    async def listen(self, addr: Multiaddr, on_connection: Any) -> TransportListener: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    """Settings of a :class:`Host` (times in seconds)."""
+
+    limits: Limits = field(default_factory=Limits)
+    """Connection and stream limits."""
+    gater: ConnectionGater | None = None
+    """Connection gater; ``None`` allows everything."""
+    transports: Sequence[Transport] | None = None
+    """Transports, tried in order; ``None`` means TCP only."""
+    security: Mapping[str, SecureUpgrade] | None = None
+    """Security protocols by ID, in preference order; ``None``: Noise only."""
+    muxers: Mapping[str, MuxerFactory] | None = None
+    """Muxers by ID, in preference order; ``None``: yamux only."""
+    dial_timeout: float = 15.0
+    """Whole :meth:`Host.connect`, all addresses (go: 15 s)."""
+    dial_address_timeout: float = 6.0
+    """One address: TCP connect plus upgrade (js: 6 s)."""
+    upgrade_timeout: float = 15.0
+    """Whole inbound upgrade (go's accept timeout: 15 s)."""
+    negotiate_timeout: float = 10.0
+    """Multistream-select on one stream, either side (go, js: 10 s)."""
+    close_timeout: float = 5.0
+    """Graceful close of all connections in :meth:`Host.close`."""
+    peerstore_max_peers: int = 1000
+    """Bound on the peerstore (see :class:`~glueberry.net.peerstore.Peerstore`)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "dial_timeout",
+            "dial_address_timeout",
+            "upgrade_timeout",
+            "negotiate_timeout",
+            "close_timeout",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"HostConfig.{name} must be > 0")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Conn:
+    """The host's record of one connection (upgrading or live)."""
+
+    __slots__ = (
+        "closed",
+        "direction",
+        "muxed",
+        "opened_at",
+        "raw",
+        "remote_addr",
+        "reservation",
+        "streams",
+        "tasks",
+        "tg",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        direction: Direction,
+        reservation: ConnectionReservation,
+        limits: Limits,
+        remote_addr: Multiaddr | None,
+    ) -> None:
+        self.direction = direction
+        self.reservation = reservation
+        self.streams = StreamCounter(limits)
+        self.remote_addr = remote_addr
+        self.raw: RawConnection | None = None
+        self.muxed: MuxedConnection | None = None
+        self.tg: asyncio.TaskGroup | None = None
+        self.transport: Transport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.opened_at = time.monotonic()
+        self.closed = False
+
+
+class _Dial:
+    """One shared outbound dial to a peer."""
+
+    __slots__ = ("future", "task", "waiters")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[MuxedConnection] = asyncio.get_running_loop().create_future()
+        # Mark failures as retrieved even when every waiter has gone.
+        self.future.add_done_callback(_retrieve)
+        self.task: asyncio.Task[None] | None = None
+        self.waiters = 0
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+ConnectionCallback = Callable[["MuxedConnection"], None]
+
+
+class Host:
+    """A libp2p host on asyncio. See the module docstring for the behaviours.
+
+    Args:
+        identity: this host's Ed25519 identity key.
+        listen_addrs: addresses to listen on at :meth:`start` (port 0 picks one).
+        config: settings; defaults are go-libp2p's.
+
+    Use ``async with Host(key, listen_addrs=["/ip4/127.0.0.1/tcp/0"]) as host:`` or
+    ``await host.start()`` / ``await host.close()``. A host is single-use.
+    """
+
+    def __init__(
+        self,
+        identity: PrivateKey,
+        *,
+        listen_addrs: Sequence[str | Multiaddr] = (),
+        config: HostConfig | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config if config is not None else HostConfig()
+        cfg = self.config
+        self._listen_addrs = [Multiaddr(a) for a in listen_addrs]
+        self._transports: list[Transport] = list(
+            cfg.transports if cfg.transports is not None else [TcpTransport()]
+        )
+        self.upgrader = Upgrader(
+            identity,
+            security=cfg.security,
+            muxers=cfg.muxers,
+            inbound_timeout=cfg.upgrade_timeout,
+            max_pending_inbound=cfg.limits.max_pending_upgrades,
+        )
+        self.limiter = ResourceLimiter(cfg.limits)
+        self.gater = cfg.gater
+        self.peerstore = Peerstore(max_peers=cfg.peerstore_max_peers)
+        self._handlers: dict[str, StreamHandler] = {}
+        self._state = _State.NEW
+        self._stack = contextlib.AsyncExitStack()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[tuple[Transport, TransportListener]] = []
+        self._conns: dict[MuxedConnection, _Conn] = {}
+        self._by_peer: dict[PeerId, list[_Conn]] = {}
+        self._dials: dict[PeerId, _Dial] = {}
+        self._conn_listeners: list[tuple[ConnectionCallback | None, ConnectionCallback | None]] = []
+        #: Inbound connections refused before the upgrade, by reason (gater, limit names).
+        self.refused_inbound: dict[str, int] = {}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.identity.peer_id
+
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the task group and the listeners of ``listen_addrs``.
+
+        Raises:
+            NodeStateError: already started or closed.
+            ConnectError: an address cannot be bound (nothing is left running).
+        """
+        if self._state is not _State.NEW:
+            raise NodeStateError("host already started", code=ErrorCode.NODE_ALREADY_STARTED)
+        self._state = _State.RUNNING
+        self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        try:
+            for addr in self._listen_addrs:
+                await self.listen(addr)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close gracefully: listeners, then connections (muxer close), then tasks.
+
+        Idempotent. If cancelled, it still cancels and awaits everything before the
+        ``CancelledError`` propagates.
+        """
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            return
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSING
+        try:
+            for _, listener in self._listeners:
+                listener.close()
+            for _, listener in self._listeners:
+                await listener.wait_closed()
+            self._listeners.clear()
+            for dial in list(self._dials.values()):
+                if dial.task is not None:
+                    dial.task.cancel()
+            live = [rec.muxed for rec in self._conns.values() if rec.muxed is not None]
+            if live:
+                with contextlib.suppress(TimeoutError):
+                    async with (
+                        asyncio.timeout(self.config.close_timeout),
+                        asyncio.TaskGroup() as tg,
+                    ):
+                        for muxed in live:
+                            tg.create_task(self._close_muxed(muxed))
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            try:
+                await self._stack.aclose()
+            finally:
+                self._state = _State.CLOSED
+                self._tg = None
+                # Let the transports run their connection_lost callbacks (sockets close).
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+
+    @staticmethod
+    async def _close_muxed(muxed: MuxedConnection) -> None:
+        try:
+            await muxed.close()
+        except (GlueberryError, OSError) as exc:
+            logger.debug("error closing %r: %s", muxed, exc)
+
+    def _check_running(self) -> asyncio.TaskGroup:
+        if self._state is not _State.RUNNING or self._tg is None:
+            if self._state is _State.NEW:
+                raise NodeStateError("host is not started")
+            raise NodeStateError("host is closed", code=ErrorCode.NODE_STOPPED)
+        return self._tg
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, None], *, name: str | None = None
+    ) -> asyncio.Task[None]:
+        """Run ``coro`` in the host's task group (cancelled by :meth:`close`).
+
+        An exception it raises is logged, never propagated to the group.
+
+        Raises:
+            NodeStateError: the host is not running (``coro`` is closed).
+        """
+        try:
+            tg = self._check_running()
+        except NodeStateError:
+            coro.close()
+            raise
+        task = tg.create_task(self._guard(coro), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _guard(coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except Exception:
+            # A task boundary: one connection's or service's failure must not cancel the
+            # whole task group. asyncio.CancelledError (a BaseException) passes through.
+            logger.exception("host task failed")
+
+    # --- listening ---------------------------------------------------------------------------
+
+    async def listen(self, addr: str | Multiaddr) -> list[Multiaddr]:
+        """Listen on ``addr`` now (the host must be running).
+
+        Returns:
+            The bound addresses (with the real port).
+
+        Raises:
+            NodeStateError: the host is not running.
+            ConnectError: no transport can listen on ``addr``, or it cannot be bound.
+        """
+        self._check_running()
+        ma = Multiaddr(addr)
+        for transport in self._transports:
+            if transport.can_listen(ma):
+                listener = await transport.listen(
+                    ma, lambda raw, t=transport: self._on_raw_inbound(t, raw)
+                )
+                self._listeners.append((transport, listener))
+                logger.info("listening on %s", listener.multiaddrs)
+                return list(listener.multiaddrs)
+        raise ConnectError(f"no transport can listen on {ma}")
+
+    @property
+    def listen_addrs(self) -> list[Multiaddr]:
+        """The bound addresses as the listeners report them (``0.0.0.0`` unexpanded)."""
+        return [a for _, listener in self._listeners for a in listener.multiaddrs]
+
+    @property
+    def addrs(self) -> list[Multiaddr]:
+        """Addresses to give to peers: bound addresses, with ``0.0.0.0``/``::`` expanded to
+        the loopback address plus this machine's primary address of that family."""
+        out: list[Multiaddr] = []
+        for addr in self.listen_addrs:
+            if not addr.is_unspecified:
+                out.append(addr)
+                continue
+            sa = addr.to_socket_address()
+            v6 = sa.family == "ip6"
+            for host in _interface_addresses(v6):
+                out.append(Multiaddr.from_socket_address(host, sa.port))
+        return list(dict.fromkeys(out))
+
+    def _on_raw_inbound(self, transport: Transport, raw: RawConnection) -> None:
+        """Listener callback (synchronous): gate, reserve, then hand to a task."""
+        if self._state is not _State.RUNNING:
+            raw.abort()
+            return
+        try:
+            remote = transport.to_multiaddr(raw.remote_address)
+        except ValueError:
+            remote = None
+        if remote is not None and self.gater is not None and not self.gater.allow_accept(remote):
+            self._refuse("gater", raw)
+            return
+        if self.upgrader.inbound_full():
+            self.upgrader.rejected_inbound += 1
+            self._refuse("max_pending_upgrades", raw)
+            return
+        try:
+            reservation = self.limiter.reserve(Direction.INBOUND)
+        except ResourceLimitExceeded as exc:
+            self._refuse(exc.limit, raw)
+            return
+        rec = _Conn(Direction.INBOUND, reservation, self.config.limits, remote)
+        rec.raw = raw
+        try:
+            self.spawn(self._inbound_main(rec), name="host-inbound")
+        except NodeStateError:
+            reservation.release()
+            raw.abort()
+
+    def _refuse(self, reason: str, raw: RawConnection) -> None:
+        self.refused_inbound[reason] = self.refused_inbound.get(reason, 0) + 1
+        logger.debug("refused inbound connection from %s: %s", raw.remote_address, reason)
+        raw.abort()
+
+    # --- stream handlers --------------------------------------------------------------------
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol``: ``await handler(stream)`` for each inbound stream of it.
+
+        The handler runs in the connection's task group and owns the stream; an exception
+        from it is logged and the stream reset. Replaces an existing handler.
+        """
+        if not protocol or len(protocol) > 1024 or "\n" in protocol:
+            raise ValueError(f"invalid protocol ID {protocol!r}")
+        self._handlers[protocol] = handler
+
+    def remove_stream_handler(self, protocol: str) -> None:
+        self._handlers.pop(protocol, None)
+
+    @property
+    def protocols(self) -> list[str]:
+        """Protocols with a handler (what identify advertises)."""
+        return list(self._handlers)
+
+    # --- notifications ----------------------------------------------------------------------
+
+    def add_connection_listener(
+        self,
+        on_connected: ConnectionCallback | None = None,
+        on_disconnected: ConnectionCallback | None = None,
+    ) -> Callable[[], None]:
+        """Call ``on_connected(conn)`` / ``on_disconnected(conn)`` for every connection.
+
+        Callbacks run synchronously on the loop; exceptions are logged. Returns a function
+        that removes the listener.
+        """
+        entry = (on_connected, on_disconnected)
+        self._conn_listeners.append(entry)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._conn_listeners.remove(entry)
+
+        return remove
+
+    def _notify(self, connected: bool, muxed: MuxedConnection) -> None:
+        for on_connected, on_disconnected in list(self._conn_listeners):
+            callback = on_connected if connected else on_disconnected
+            if callback is None:
+                continue
+            try:
+                callback(muxed)
+            except Exception:
+                logger.exception("connection listener failed")
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def connections(self, peer_id: PeerId | None = None) -> list[MuxedConnection]:
+        """Live connections (to ``peer_id`` only, if given), oldest first."""
+        if peer_id is None:
+            recs: Iterable[_Conn] = self._conns.values()
+        else:
+            recs = self._by_peer.get(peer_id, ())
+        return [r.muxed for r in recs if r.muxed is not None and not r.muxed.is_closed]
+
+    def connection_for(self, peer_id: PeerId) -> MuxedConnection | None:
+        """The preferred live connection to ``peer_id`` (see "Simultaneous dials")."""
+        best: _Conn | None = None
+        best_key: tuple[bool, float] | None = None
+        for rec in self._by_peer.get(peer_id, ()):
+            if rec.muxed is None or rec.muxed.is_closed:
+                continue
+            # Dialed by the lower peer ID: outbound if we are lower, inbound if they are.
+            dialer_is_us = rec.direction is Direction.OUTBOUND
+            preferred = dialer_is_us == (self.peer_id < peer_id)
+            key = (not preferred, rec.opened_at)
+            if best_key is None or key < best_key:
+                best, best_key = rec, key
+        return best.muxed if best is not None else None
+
+    async def connect(
+        self, peer_id: PeerId | None = None, addrs: Iterable[str | Multiaddr] = ()
+    ) -> MuxedConnection:
+        """A live connection to the peer: an existing one, or a new dial.
+
+        Args:
+            peer_id: the peer; checked by the security handshake. ``None`` dials ``addrs``
+                whoever answers (their ``/p2p/`` suffix, if any, names the peer).
+            addrs: addresses to dial; if empty, the peerstore's addresses of ``peer_id``.
+
+        Raises:
+            NodeStateError: the host is not running.
+            PeerNotFound: no address to dial.
+            PeerBlacklisted: the gater refused (every address).
+            ResourceLimitExceeded: a local connection limit (``remote=False``).
+            ConnectTimeout: ``dial_timeout`` or ``dial_address_timeout`` ran out.
+            ConnectError: several addresses failed (``.errors`` lists ``(addr, exc)``).
+            SecurityError, PeerIdMismatch, NegotiationFailed, ...: the only address failed.
+        """
+        self._check_running()
+        mas = [Multiaddr(a) for a in addrs]
+        if peer_id is None:
+            named = {ma.peer_id for ma in mas if ma.peer_id is not None}
+            if len(named) == 1:
+                peer_id = named.pop()
+        if peer_id is not None:
+            if peer_id == self.peer_id:
+                raise ConnectError("cannot dial ourselves", peer_id=peer_id)
+            conn = self.connection_for(peer_id)
+            if conn is not None:
+                return conn
+            dial = self._dials.get(peer_id)
+            if dial is None:
+                if not mas:
+                    mas = self.peerstore.addrs(peer_id)
+                if not mas:
+                    raise PeerNotFound(f"no addresses for {peer_id}", peer_id=peer_id)
+                dial = self._start_dial(peer_id, mas)
+        else:
+            if not mas:
+                raise PeerNotFound("no peer ID and no addresses to dial")
+            dial = self._start_dial(None, mas)
+        return await self._wait_dial(dial)
+
+    def _start_dial(self, peer_id: PeerId | None, addrs: list[Multiaddr]) -> _Dial:
+        dial = _Dial()
+        dial.task = self.spawn(self._dial_main(dial, peer_id, addrs), name="host-dial")
+        if peer_id is not None:
+            self._dials[peer_id] = dial
+        return dial
+
+    async def _wait_dial(self, dial: _Dial) -> MuxedConnection:
+        dial.waiters += 1
+        try:
+            return await asyncio.shield(dial.future)
+        except asyncio.CancelledError:
+            if dial.waiters == 1 and not dial.future.done() and dial.task is not None:
+                dial.task.cancel()  # the last caller gave up: stop the dial
+            raise
+        finally:
+            dial.waiters -= 1
+
+    async def _dial_main(self, dial: _Dial, peer_id: PeerId | None, addrs: list[Multiaddr]) -> None:
+        """Try ``addrs`` in turn; the successful attempt goes on as the connection's task."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.dial_timeout
+        errors: list[tuple[Multiaddr, BaseException]] = []
+
+        def ready(rec: _Conn) -> None:
+            if peer_id is not None and self._dials.get(peer_id) is dial:
+                del self._dials[peer_id]
+            if not dial.future.done():
+                assert rec.muxed is not None
+                dial.future.set_result(rec.muxed)
+
+        try:
+            for addr in addrs:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    errors.append(
+                        (addr, ConnectTimeout(f"dial timed out after {self.config.dial_timeout} s"))
+                    )
+                    break
+                try:
+                    rec = self._prepare_dial(peer_id, addr)
+                    await self._connection_main(
+                        rec, self._establish_outbound(rec, peer_id, remaining), ready
+                    )
+                except (GlueberryError, OSError) as exc:
+                    logger.debug("dial %s failed: %r", addr, exc)
+                    errors.append((addr, exc))
+                    if isinstance(exc, ResourceLimitExceeded):
+                        break  # a local limit: the other addresses would hit it too
+                    continue
+                return  # the connection was established, served and has now ended
+            if not dial.future.done():
+                dial.future.set_exception(self._dial_error(peer_id, errors))
+        finally:
+            if peer_id is not None and self._dials.get(peer_id) is dial:
+                del self._dials[peer_id]
+            if not dial.future.done():  # cancelled: the host closes, or every caller left
+                dial.future.set_exception(ConnectError("dial aborted", peer_id=peer_id))
+
+    @staticmethod
+    def _dial_error(
+        peer_id: PeerId | None, errors: list[tuple[Multiaddr, BaseException]]
+    ) -> BaseException:
+        if len(errors) == 1:
+            return errors[0][1]
+        kinds = {type(e) for _, e in errors}
+        if len(kinds) == 1 and kinds <= {PeerBlacklisted, ConnectTimeout}:
+            return errors[-1][1]
+        err = ConnectError(
+            f"all {len(errors)} addresses failed; last: {errors[-1][1]!r}", peer_id=peer_id
+        )
+        err.errors = errors  # type: ignore[attr-defined]
+        err.__cause__ = errors[-1][1]
+        return err
+
+    def _prepare_dial(self, peer_id: PeerId | None, addr: Multiaddr) -> _Conn:
+        """Checks before dialing ``addr`` (transport, gater, limits); reserves a slot."""
+        if addr.peer_id is not None:
+            if peer_id is not None and addr.peer_id != peer_id:
+                raise ConnectError(f"{addr} names another peer than {peer_id}", peer_id=peer_id)
+            addr = addr.without_p2p()
+        transport = next((t for t in self._transports if t.can_dial(addr)), None)
+        if transport is None:
+            raise ConnectError(f"no transport for {addr}", peer_id=peer_id)
+        if self.gater is not None and not self.gater.allow_dial(peer_id, addr):
+            raise PeerBlacklisted(f"gater refused dialing {addr}", peer_id=peer_id)
+        if peer_id is not None:
+            self.limiter.check_peer(peer_id)
+        reservation = self.limiter.reserve(Direction.OUTBOUND)
+        rec = _Conn(Direction.OUTBOUND, reservation, self.config.limits, addr)
+        rec.transport = transport
+        return rec
+
+    async def _establish_outbound(
+        self, rec: _Conn, peer_id: PeerId | None, remaining: float
+    ) -> MuxedConnection:
+        addr = rec.remote_addr
+        assert addr is not None and rec.transport is not None
+        if addr.peer_id is not None:
+            peer_id = addr.peer_id
+        timeout = min(self.config.dial_address_timeout, remaining)
+        try:
+            async with asyncio.timeout(timeout):
+                rec.raw = await rec.transport.dial(addr.without_p2p(), timeout=timeout)
+                muxed = await self.upgrader.upgrade_outbound(
+                    rec.raw,
+                    expected_peer=peer_id,
+                    on_stream=lambda s: self._on_stream(rec, s),
+                    on_secured=lambda sec: self._on_secured(rec, sec),
+                )
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"dial {addr} timed out after {timeout:.3g} s") from exc
+        self.peerstore.add_addrs(muxed.remote_peer, [addr])
+        return muxed
+
+    async def _establish_inbound(self, rec: _Conn) -> MuxedConnection:
+        assert rec.raw is not None
+        return await self.upgrader.upgrade_inbound(
+            rec.raw,
+            on_stream=lambda s: self._on_stream(rec, s),
+            on_secured=lambda sec: self._on_secured(rec, sec),
+        )
+
+    async def _inbound_main(self, rec: _Conn) -> None:
+        try:
+            await self._connection_main(rec, self._establish_inbound(rec), None)
+        except (GlueberryError, OSError) as exc:
+            logger.debug("inbound connection from %s failed: %r", rec.remote_addr, exc)
+
+    def _on_secured(self, rec: _Conn, secure: SecureConnection) -> None:
+        """After the handshake, before the muxer: gater and per-peer limit (may raise)."""
+        peer = secure.remote_peer
+        if self.gater is not None and not self.gater.allow_secured(rec.direction.value, peer):
+            raise PeerBlacklisted(f"gater refused secured connection with {peer}", peer_id=peer)
+        rec.reservation.set_peer(peer)
+
+    # --- connection lifetime --------------------------------------------------------------------
+
+    async def _connection_main(
+        self,
+        rec: _Conn,
+        establish: Coroutine[Any, Any, MuxedConnection],
+        on_ready: Callable[[_Conn], None] | None,
+    ) -> None:
+        """The one task of a connection: establish it, serve it, tear it down.
+
+        Raises:
+            What ``establish`` raises (the connection never came up).
+        """
+        registered = False
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                rec.tg = tg  # exists before the muxer, which may call _on_stream at once
+                try:
+                    rec.muxed = await establish
+                except (GlueberryError, OSError) as exc:
+                    failure = exc
+                else:
+                    self._register(rec)
+                    registered = True
+                    if on_ready is not None:
+                        on_ready(rec)
+                    await _wait_muxed_closed(rec.muxed)
+                for task in list(rec.tasks):
+                    task.cancel()
+        finally:
+            establish.close()  # no-op if it ran; closes it if we were cancelled first
+            rec.closed = True
+            rec.tg = None
+            if rec.raw is not None and not rec.raw.is_closing():
+                rec.raw.abort()
+            rec.reservation.release()
+            if registered:
+                self._unregister(rec)
+        if failure is not None:
+            raise failure
+
+    # --- streams --------------------------------------------------------------------------------
+
+    def _register(self, rec: _Conn) -> None:
+        muxed = rec.muxed
+        assert muxed is not None
+        peer = muxed.remote_peer
+        self._conns[muxed] = rec
+        self._by_peer.setdefault(peer, []).append(rec)
+        self.peerstore.protect(peer)
+        with contextlib.suppress(GlueberryError):
+            self.peerstore.add_public_key(peer, muxed.remote_public_key)
+        logger.debug("connected to %s (%s)", peer, rec.direction.value)
+        self._notify(True, muxed)
+
+    def _unregister(self, rec: _Conn) -> None:
+        muxed = rec.muxed
+        assert muxed is not None
+        peer = muxed.remote_peer
+        self._conns.pop(muxed, None)
+        recs = self._by_peer.get(peer)
+        if recs is not None:
+            with contextlib.suppress(ValueError):
+                recs.remove(rec)
+            if not recs:
+                del self._by_peer[peer]
+        self.peerstore.unprotect(peer)
+        logger.debug("disconnected from %s", peer)
+        self._notify(False, muxed)
+
+    # --- streams --------------------------------------------------------------------------------
+
+    async def new_stream(
+        self,
+        peer_id: PeerId,
+        protocols: str | Sequence[str],
+        *,
+        addrs: Iterable[str | Multiaddr] | None = None,
+    ) -> Stream:
+        """Open a stream to ``peer_id`` speaking the first of ``protocols`` it accepts.
+
+        Connects first if needed (``addrs``, else the peerstore). ``stream.protocol`` is set.
+
+        Raises:
+            NegotiationFailed: the peer supports none of ``protocols`` (stream reset).
+            ResourceLimitExceeded: our ``max_streams_per_connection`` (``remote=False``), or
+                the peer refused the stream for its limits (``remote=True``).
+            HandshakeTimeout: negotiation took longer than ``negotiate_timeout``.
+            and what :meth:`connect` raises.
+        """
+        protos = [protocols] if isinstance(protocols, str) else list(protocols)
+        if not protos:
+            raise ValueError("no protocol to negotiate")
+        conn = await self.connect(peer_id, addrs or ())
+        rec = self._conns.get(conn)
+        if rec is None:  # closed between connect() and now
+            raise ConnectionLost(f"connection to {peer_id} closed", peer_id=peer_id)
+        rec.streams.check_outbound(_open_streams(conn))
+        stream: Stream | None = None
+        try:
+            stream = await conn.open_stream()
+            proto, trailing = await select_protocol(
+                stream, protos, timeout=self.config.negotiate_timeout
+            )
+        except (GlueberryError, OSError) as exc:
+            if stream is not None:
+                code = getattr(stream, "reset_code", None)
+                stream.reset(STREAM_PROTOCOL_NEGOTIATION_FAILED)
+                if isinstance(exc, StreamReset) and code == STREAM_RESOURCE_LIMIT_EXCEEDED:
+                    raise ResourceLimitExceeded(
+                        f"{peer_id} refused the stream (its resource limit)",
+                        limit="remote_stream_limit",
+                        remote=True,
+                        peer_id=peer_id,
+                    ) from exc
+            raise
+        except BaseException:
+            if stream is not None:
+                stream.reset(STREAM_SHUTDOWN)
+            raise
+        stream.protocol = proto
+        return _with_prefix(stream, trailing)
+
+    def _on_stream(self, rec: _Conn, stream: Stream) -> None:
+        """Muxer callback for a stream the peer opened (synchronous)."""
+        tg = rec.tg
+        if tg is None or rec.closed or self._state is not _State.RUNNING:
+            stream.reset(STREAM_SHUTDOWN)
+            return
+        muxed = rec.muxed
+        open_now = _open_streams(muxed) - 1 if muxed is not None else rec.streams.handling
+        refused = rec.streams.try_open_inbound(open_now)
+        if refused is not None:
+            logger.debug("refusing inbound stream: %s", refused)
+            stream.reset(STREAM_RESOURCE_LIMIT_EXCEEDED)
+            return
+        task = tg.create_task(self._guard(self._serve_stream(rec, stream)))
+        rec.tasks.add(task)
+        task.add_done_callback(rec.tasks.discard)
+
+    async def _serve_stream(self, rec: _Conn, stream: Stream) -> None:
+        try:
+            try:
+                proto, trailing = await handle_protocol(
+                    stream, self._handlers.keys(), timeout=self.config.negotiate_timeout
+                )
+            except (GlueberryError, OSError) as exc:
+                logger.debug("inbound stream negotiation failed: %r", exc)
+                stream.reset(STREAM_PROTOCOL_NEGOTIATION_FAILED)
+                return
+            finally:
+                rec.streams.negotiated()
+            handler = self._handlers.get(proto)
+            if handler is None:  # removed while negotiating
+                stream.reset(STREAM_PROTOCOL_NEGOTIATION_FAILED)
+                return
+            stream.protocol = proto
+            try:
+                await handler(_with_prefix(stream, trailing))
+            except asyncio.CancelledError:
+                stream.reset(STREAM_SHUTDOWN)
+                raise
+            except (StreamError, TransportError) as exc:
+                # The stream or connection went away under the handler: routine.
+                logger.debug("handler for %s ended: %r", proto, exc)
+                stream.reset()
+            except Exception:
+                logger.exception("handler for %s failed", proto)
+                stream.reset()
+        finally:
+            rec.streams.handled()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def _wait_muxed_closed(muxed: MuxedConnection) -> None:
+    """Until the muxed connection is gone, for any reason (muxers provide ``wait_closed``)."""
+    await cast("Any", muxed).wait_closed()
+
+
+def _open_streams(muxed: MuxedConnection) -> int:
+    """Streams the muxer tracks on ``muxed`` (yamux: ``streams``)."""
+    streams = getattr(muxed, "streams", None)
+    return len(streams) if streams is not None else 0
+
+
+class _PrefixedStream:
+    """A stream whose first bytes were read during negotiation; delegates the rest."""
+
+    def __init__(self, inner: Stream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = bytearray(prefix)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @property
+    def protocol(self) -> str:
+        return self._inner.protocol
+
+    @protocol.setter
+    def protocol(self, value: str) -> None:
+        self._inner.protocol = value
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes < 0 else min(max_bytes, len(self._prefix))
+            data = bytes(self._prefix[:n])
+            del self._prefix[:n]
+            return data
+        return await self._inner.read(max_bytes)
+
+    async def readexactly(self, n: int) -> bytes:
+        if not self._prefix:
+            return await self._inner.readexactly(n)
+        take = min(n, len(self._prefix))
+        head = bytes(self._prefix[:take])
+        del self._prefix[:take]
+        if take == n:
+            return head
+        try:
+            rest = await self._inner.readexactly(n - take)
+        except asyncio.IncompleteReadError as exc:
+            raise asyncio.IncompleteReadError(head + exc.partial, n) from exc
+        return head + rest
+
+    def __aiter__(self) -> _PrefixedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self.read()
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    def __repr__(self) -> str:
+        return f"<prefixed {len(self._prefix)} bytes + {self._inner!r}>"
+
+
+def _with_prefix(stream: Stream, trailing: bytes) -> Stream:
+    if not trailing:
+        return stream
+    unread = getattr(stream, "unread", None)
+    if unread is not None:
+        unread(trailing)
+        return stream
+    return _PrefixedStream(stream, trailing)
+
+
+def _interface_addresses(v6: bool) -> list[str]:
+    """Loopback plus the primary address of the family (no packet is sent)."""
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    out = ["::1" if v6 else "127.0.0.1"]
+    probe = ("2001:db8::1", 9) if v6 else ("192.0.2.1", 9)  # documentation ranges
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(probe)  # UDP connect: picks a route, sends nothing
+            host = s.getsockname()[0]
+    except OSError:
+        return out
+    if host not in out:
+        out.append(host)
+    return out
+
+
+__all__ = [
+    "STREAM_PROTOCOL_NEGOTIATION_FAILED",
+    "STREAM_SHUTDOWN",
+    "Host",
+    "HostConfig",
+    "Transport",
+    "TransportListener",
+]
