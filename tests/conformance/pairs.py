@@ -59,6 +59,7 @@ class MemorySecureConnection:
         self._drainers: list[asyncio.Future[None]] = []
         self._closed = self._loop.create_future()
         self.bytes_written = 0
+        self.write_calls = 0
 
     # RawConnection / SecureConnection
     async def read(self) -> bytes:
@@ -68,6 +69,7 @@ class MemorySecureConnection:
         if self._lost or self._closing:
             raise ConnectionLost("write on a closed memory connection")
         if data:
+            self.write_calls += 1
             chunk = bytes(data)
             self._outbox.append(chunk)
             self._queued += len(chunk)
@@ -232,7 +234,7 @@ class YamuxHarness:
     def _refuse(stream: YamuxStream) -> None:
         stream.reset()
 
-    async def open(self) -> tuple[Stream, Stream]:
+    async def open(self) -> tuple[YamuxStream, YamuxStream]:
         local = await self.dialer.open_stream()
         remote = await self._future(local.stream_id)
         del self._accepted[local.stream_id]

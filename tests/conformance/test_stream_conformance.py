@@ -17,6 +17,7 @@ from glueberry.transport.base import Stream
 from tests.conformance.pairs import BULK_HARNESSES, HARNESSES, HarnessFactory
 
 TIMEOUT = 30
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(params=sorted(HARNESSES))
