@@ -1,0 +1,210 @@
+"""Guard tests: one per aioquic private-API hook (glueberry/transport/_aioquic_hooks.py).
+
+They drive two aioquic connections against each other in memory (no sockets), so a new
+aioquic release that moves an internal the hooks rely on fails here, by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+
+import pytest
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+
+from glueberry.transport import _aioquic_hooks as hooks
+from glueberry.wire import tlscert
+from glueberry.wire.identity import PrivateKey
+
+NOW = 1_900_000_000.0
+CLIENT_ADDR = ("127.0.0.1", 1111)
+SERVER_ADDR = ("127.0.0.1", 2222)
+WINDOW = 64 * 1024
+CONN_WINDOW = 256 * 1024
+
+
+def _config(is_client: bool, *, cert: bool = True, key: int = 1) -> QuicConfiguration:
+    local = tlscert.generate_certificate(PrivateKey.from_seed(bytes([key]) * 32), NOW)
+    config = hooks.make_configuration(
+        is_client=is_client,
+        alpn=tlscert.ALPN_LIBP2P,
+        local=local,
+        idle_timeout=30.0,
+        max_datagram_size=1350,
+        stream_window=WINDOW,
+        connection_window=CONN_WINDOW,
+    )
+    if not cert:
+        config.certificate = None
+        config.private_key = None
+    return config
+
+
+class Pair:
+    def __init__(self, *, client_cert: bool = True, **server_kw: int) -> None:
+        self.now = 1000.0
+        self.client = hooks.GlueberryQuicConnection(configuration=_config(True, cert=client_cert))
+        self.server: hooks.GlueberryQuicConnection | None = None
+        self.server_kw = server_kw
+        self.client.connect(SERVER_ADDR, now=self.now)
+        self.events: dict[str, list[events.QuicEvent]] = {"client": [], "server": []}
+
+    def pump(self, rounds: int = 50) -> None:
+        for _ in range(rounds):
+            self.now += 0.001
+            moved = False
+            for data, _ in self.client.datagrams_to_send(self.now):
+                if self.server is None:
+                    self.server = hooks.GlueberryQuicConnection(
+                        configuration=_config(False, key=2),
+                        original_destination_connection_id=self.client._peer_cid.cid,
+                        **self.server_kw,  # type: ignore[arg-type]
+                    )
+                self.server.receive_datagram(data, CLIENT_ADDR, now=self.now)
+                moved = True
+            if self.server is not None:
+                for data, _ in self.server.datagrams_to_send(self.now):
+                    self.client.receive_datagram(data, SERVER_ADDR, now=self.now)
+                    moved = True
+            for name, conn in (("client", self.client), ("server", self.server)):
+                while conn is not None and (ev := conn.next_event()) is not None:
+                    self.events[name].append(ev)
+            if not moved:
+                return
+
+    def received(self, side: str, stream_id: int | None = None) -> int:
+        return sum(
+            len(e.data)
+            for e in self.events[side]
+            if isinstance(e, events.StreamDataReceived)
+            and (stream_id is None or e.stream_id == stream_id)
+        )
+
+    def handshake_done(self, side: str) -> bool:
+        return any(isinstance(e, events.HandshakeCompleted) for e in self.events[side])
+
+
+def test_hooks_are_all_guarded() -> None:
+    tested = {
+        name[len("test_hook_") :].replace("_", "-")
+        for name in globals()
+        if name.startswith("test_hook_")
+    }
+    assert tested == set(hooks.HOOKS)
+
+
+def test_hook_request_client_certificate() -> None:
+    # The server asks for a certificate, so a client that has one sends it ...
+    with_cert = Pair()
+    with_cert.pump()
+    assert with_cert.handshake_done("server")
+    assert with_cert.server is not None
+    assert with_cert.server.tls._request_client_certificate is True
+    assert len(hooks.peer_certificates(with_cert.server)) == 1
+    # ... and a client without one answers with an empty Certificate message, which aioquic
+    # accepts: the transport must refuse that connection itself (peer_certificates == []).
+    without = Pair(client_cert=False)
+    without.pump()
+    assert without.server is not None
+    assert without.handshake_done("server")
+    assert hooks.peer_certificates(without.server) == []
+
+
+def test_hook_peer_certificates() -> None:
+    pair = Pair()
+    pair.pump()
+    assert pair.server is not None
+    client_seen = hooks.peer_certificates(pair.client)
+    server_seen = hooks.peer_certificates(pair.server)
+    assert [c.public_bytes(ssl_der()) for c in client_seen] == [
+        pair.server.configuration.certificate.public_bytes(ssl_der())
+    ]
+    assert [c.public_bytes(ssl_der()) for c in server_seen] == [
+        pair.client.configuration.certificate.public_bytes(ssl_der())
+    ]
+    der = [c.public_bytes(ssl_der()) for c in server_seen]
+    assert tlscert.peer_id_of(der, NOW) == PrivateKey.from_seed(b"\x01" * 32).peer_id
+
+
+def ssl_der():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER
+
+
+def test_hook_receive_window() -> None:
+    pair = Pair()
+    pair.pump()
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(4 * WINDOW))
+    pair.pump(400)
+    assert pair.server is not None
+    # Nothing consumed: exactly one window arrives, no more (aioquic alone doubles it).
+    assert pair.received("server", sid) == WINDOW
+    assert pair.server.stream_receive_limit(sid) == WINDOW
+    # Consuming half a window grants another half.
+    pair.server.consume(sid, WINDOW // 2)
+    pair.pump(400)
+    assert pair.received("server", sid) == WINDOW + WINDOW // 2
+    # The connection window bounds the sum over streams.
+    for _ in range(8):
+        other = pair.client.get_next_available_stream_id()
+        pair.client.send_stream_data(other, bytes(WINDOW))
+    pair.pump(800)
+    limit, used = pair.server.receive_credit
+    assert pair.received("server") == used <= limit == CONN_WINDOW
+    for ev in pair.events["server"]:
+        if isinstance(ev, events.StreamDataReceived):
+            pair.server.consume(ev.stream_id, 0)
+    pair.server.consume(sid, CONN_WINDOW // 2)
+    pair.pump(800)
+    limit, used = pair.server.receive_credit
+    assert limit == CONN_WINDOW + CONN_WINDOW // 2 + WINDOW // 2
+
+
+def test_hook_stream_state() -> None:
+    pair = Pair(max_incoming_streams=3)
+    pair.pump()
+    assert pair.server is not None
+    assert pair.server._local_max_streams_bidi.value == 3
+    # Unsent bytes: everything until packets are built, then what flow control holds back.
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(2 * WINDOW))
+    assert pair.client.unsent(sid, 2 * WINDOW) == 2 * WINDOW
+    pair.pump(400)
+    assert pair.client.unsent(sid, 2 * WINDOW) == WINDOW
+    # Only three peer streams may be open at once.
+    for _ in range(4):
+        pair.client.send_stream_data(pair.client.get_next_available_stream_id(), b"x")
+    pair.pump(100)
+    opened = {
+        e.stream_id for e in pair.events["server"] if isinstance(e, events.StreamDataReceived)
+    }
+    assert len(opened) == 3
+    # A reset stream's undelivered bytes return to the connection window.
+    before = pair.server._gb_conn_consumed
+    pair.client.reset_stream(sid, 7)
+    pair.pump(100)
+    assert any(isinstance(e, events.StreamReset) for e in pair.events["server"])
+    pair.server.stream_reset_by_peer(sid, delivered=pair.received("server", sid))
+    assert pair.server._gb_conn_consumed == before  # all delivered, none lost
+    pair.server.stream_reset_by_peer(sid, delivered=0)
+    assert pair.server._gb_conn_consumed == before + WINDOW
+
+
+def test_configuration_fields_exist() -> None:
+    names = {f.name for f in dataclasses.fields(QuicConfiguration)}
+    assert {"certificate", "private_key", "verify_mode", "server_name"} <= names
+    config = _config(True)
+    assert config.verify_mode == ssl.CERT_NONE
+    assert config.server_name is None
+
+
+@pytest.mark.parametrize(
+    "name", ["_initialize", "_write_stream_limits", "_write_connection_limits"]
+)
+def test_overridden_methods_exist(name: str) -> None:
+    from aioquic.quic.connection import QuicConnection
+
+    assert callable(getattr(QuicConnection, name))
