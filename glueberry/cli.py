@@ -190,6 +190,14 @@ async def _listen(args: argparse.Namespace, out: TextIO) -> int:
             register_test_protocols(host)
             for addr in host.addrs:
                 print(addr.with_p2p(host.peer_id), file=out, flush=True)
+            example = host.addrs[0].with_p2p(host.peer_id) if host.addrs else "<address>"
+            print(
+                f"glueberry listen: serving identify, ping and the test protocols as "
+                f"{host.peer_id}; try `glueberry ping {example}` from another terminal; "
+                "stop with Ctrl-C",
+                file=sys.stderr,
+                flush=True,
+            )
             await asyncio.Event().wait()
     except OSError as exc:
         raise CliError(

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from glueberry.errors import (
+    ConnectionLost,
     GlueberryError,
     LocalProtocolError,
     NegotiationFailed,
@@ -166,6 +167,7 @@ class IdentifyService:
 
         Raises:
             NegotiationFailed: the peer does not speak identify.
+            ConnectionLost: the peer disconnected before it was identified.
             RemoteProtocolError: its identify message was invalid (e.g. a foreign key).
             GlueberryError: the identify stream failed otherwise.
         """
@@ -275,9 +277,14 @@ class IdentifyService:
 
     def _on_disconnected(self, conn: MuxedConnection) -> None:
         peer = conn.remote_peer
-        if not self.host.connections(peer):
-            self._peers.pop(peer, None)
-            self.push_limiter.forget(peer)
+        if self.host.connections(peer):
+            return
+        state = self._peers.pop(peer, None)
+        self.push_limiter.forget(peer)
+        if state is not None and state.info is None and state.error is None:
+            # Wake anyone in wait_identified(): this peer will not be identified now.
+            state.error = ConnectionLost(f"{peer} disconnected before identify", peer_id=peer)
+            state.event.set()
 
     async def _identify_conn(self, conn: MuxedConnection) -> None:
         peer = conn.remote_peer

@@ -137,6 +137,16 @@ async def test_identify_with_a_foreign_key_is_rejected(pair: tuple[Node, Node]) 
     assert await a.ping.ping(b.host.peer_id, 1)
 
 
+async def test_peer_without_identify(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    async with Host(PrivateKey.generate(), listen_addrs=[LOOP]) as bare:
+        await bare.connect(a.host.peer_id, a.host.addrs)
+        with pytest.raises(NegotiationFailed):
+            async with asyncio.timeout(10):
+                await a.ident.wait_identified(bare.peer_id)
+        assert a.ident.stats["failed"] >= 1
+
+
 async def test_push_on_listen_address_change(pair: tuple[Node, Node]) -> None:
     a, b = pair
     await _connect(a, b)
