@@ -150,7 +150,7 @@ def _explain(exc: BaseException, target: str) -> CliError:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f} ms" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e3:.3f} ms"
 
 
 # --- commands ----------------------------------------------------------------------------------
