@@ -17,9 +17,12 @@ exception is logged rather than tearing down its siblings: a failing handler res
 stream, never the host.
 
 Inbound path. A listener's callback (synchronous, in the accept path) checks the gater's
-``allow_accept`` and reserves an inbound slot (:mod:`glueberry.net.limits`); a refused
-connection is aborted at once. The upgrader then applies the pending-upgrade cap and the 15 s
-upgrade deadline (B-40). Once the peer is authenticated, ``allow_secured`` and the per-peer
+``allow_accept``, the caps on connections in the upgrade (in total and per remote IP) and
+reserves an inbound slot (:mod:`glueberry.net.limits`); a refused connection is aborted at
+once and counted in :attr:`Host.refused_inbound`. The upgrade then runs under the 15 s
+deadline (B-40): a flood of half-open connections from one address holds at most
+``max_pending_upgrades_per_ip`` slots, and never more than ``max_pending_upgrades`` overall.
+Once the peer is authenticated, ``allow_secured`` and the per-peer
 limit run before any muxer byte is read.
 
 Outbound path. :meth:`Host.connect` reuses a live connection to the peer if there is one;
@@ -196,6 +199,7 @@ class _Conn:
         "direction",
         "muxed",
         "opened_at",
+        "pending_ip",
         "raw",
         "remote_addr",
         "reservation",
@@ -220,6 +224,7 @@ class _Conn:
         self.muxed: MuxedConnection | None = None
         self.tg: asyncio.TaskGroup | None = None
         self.transport: Transport | None = None
+        self.pending_ip: str | None = None  # inbound, while counted as upgrading
         self.tasks: set[asyncio.Task[None]] = set()
         self.opened_at = time.monotonic()
         self.closed = False
@@ -284,6 +289,7 @@ class Host:
         self.peerstore = Peerstore(max_peers=cfg.peerstore_max_peers)
         self._handlers: dict[str, StreamHandler] = {}
         self._state = _State.NEW
+        self._closed_event = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -294,6 +300,7 @@ class Host:
         self._conn_listeners: list[tuple[ConnectionCallback | None, ConnectionCallback | None]] = []
         #: Inbound connections refused before the upgrade, by reason (gater, limit names).
         self.refused_inbound: dict[str, int] = {}
+        self._pending_by_ip: dict[str, int] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -329,13 +336,17 @@ class Host:
     async def close(self) -> None:
         """Close gracefully: listeners, then connections (muxer close), then tasks.
 
-        Idempotent. If cancelled, it still cancels and awaits everything before the
-        ``CancelledError`` propagates.
+        Idempotent; a second caller waits for the first to finish. If cancelled, it still
+        cancels and awaits everything before the ``CancelledError`` propagates.
         """
-        if self._state in (_State.CLOSING, _State.CLOSED):
+        if self._state is _State.CLOSING:
+            await self._closed_event.wait()
+            return
+        if self._state is _State.CLOSED:
             return
         if self._state is _State.NEW:
             self._state = _State.CLOSED
+            self._closed_event.set()
             return
         self._state = _State.CLOSING
         try:
@@ -363,6 +374,7 @@ class Host:
                 await self._stack.aclose()
             finally:
                 self._state = _State.CLOSED
+                self._closed_event.set()
                 self._tg = None
                 # Let the transports run their connection_lost callbacks (sockets close).
                 await asyncio.sleep(0)
@@ -471,6 +483,11 @@ class Host:
             self.upgrader.rejected_inbound += 1
             self._refuse("max_pending_upgrades", raw)
             return
+        ip = raw.remote_address[0]
+        per_ip = self.config.limits.max_pending_upgrades_per_ip
+        if per_ip is not None and self._pending_by_ip.get(ip, 0) >= per_ip:
+            self._refuse("max_pending_upgrades_per_ip", raw)
+            return
         try:
             reservation = self.limiter.reserve(Direction.INBOUND)
         except ResourceLimitExceeded as exc:
@@ -478,6 +495,8 @@ class Host:
             return
         rec = _Conn(Direction.INBOUND, reservation, self.config.limits, remote)
         rec.raw = raw
+        rec.pending_ip = ip
+        self._pending_by_ip[ip] = self._pending_by_ip.get(ip, 0) + 1
         try:
             self.spawn(self._inbound_main(rec), name="host-inbound")
         except NodeStateError:
@@ -726,11 +745,24 @@ class Host:
 
     async def _establish_inbound(self, rec: _Conn) -> MuxedConnection:
         assert rec.raw is not None
-        return await self.upgrader.upgrade_inbound(
-            rec.raw,
-            on_stream=lambda s: self._on_stream(rec, s),
-            on_secured=lambda sec: self._on_secured(rec, sec),
-        )
+        try:
+            return await self.upgrader.upgrade_inbound(
+                rec.raw,
+                on_stream=lambda s: self._on_stream(rec, s),
+                on_secured=lambda sec: self._on_secured(rec, sec),
+            )
+        finally:
+            self._upgrade_done(rec)
+
+    def _upgrade_done(self, rec: _Conn) -> None:
+        """Give back the per-IP pending-upgrade slot (idempotent)."""
+        ip, rec.pending_ip = rec.pending_ip, None
+        if ip is not None:
+            n = self._pending_by_ip[ip] - 1
+            if n:
+                self._pending_by_ip[ip] = n
+            else:
+                del self._pending_by_ip[ip]
 
     async def _inbound_main(self, rec: _Conn) -> None:
         try:
@@ -777,6 +809,7 @@ class Host:
                     task.cancel()
         finally:
             establish.close()  # no-op if it ran; closes it if we were cancelled first
+            self._upgrade_done(rec)
             rec.closed = True
             rec.tg = None
             if rec.raw is not None and not rec.raw.is_closing():

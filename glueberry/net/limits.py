@@ -66,6 +66,10 @@ class Limits:
     max_pending_upgrades: int | None = 64
     """Inbound connections still in the upgrade (security + muxer) at the same time; over
     it, new connections are closed at once (enforced by the upgrader)."""
+    max_pending_upgrades_per_ip: int | None = 8
+    """The same, per remote IP address, so that one address flooding half-open connections
+    cannot fill :attr:`max_pending_upgrades` for everyone (go-libp2p limits connections per
+    IP to 8 the same way)."""
     max_streams_per_connection: int | None = 1024
     """Open streams per connection, both directions (as the muxer counts them)."""
     max_inbound_streams_per_connection: int | None = 512

@@ -298,6 +298,7 @@ async def dial(
     timeout: float | None = None,  # noqa: ASYNC109
     *,
     family: int = 0,
+    local_addr: tuple[str, int] | None = None,
 ) -> TcpConnection:
     """Open a TCP connection to ``(host, port)``.
 
@@ -306,6 +307,7 @@ async def dial(
         port: the TCP port.
         timeout: seconds for the whole connect, ``None`` for the OS default.
         family: restrict name resolution to ``AF_INET``/``AF_INET6`` (``/dns4``, ``/dns6``).
+        local_addr: bind the socket to this ``(host, port)`` first.
 
     Raises:
         ConnectTimeout: the connect did not finish within ``timeout``.
@@ -314,7 +316,9 @@ async def dial(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            _, proto = await loop.create_connection(TcpConnection, host, port, family=family)
+            _, proto = await loop.create_connection(
+                TcpConnection, host, port, family=family, local_addr=local_addr
+            )
     except TimeoutError as exc:
         raise ConnectTimeout(f"TCP connect to {host}:{port} timed out") from exc
     except OSError as exc:
@@ -459,10 +463,8 @@ class TcpListener:
         """Close, and wait until the accept task is gone; sockets not yet handed out close."""
         self.close()
         try:
-            await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            if not self._task.done():
-                raise  # we are being cancelled ourselves
+            # wait() never raises the task's own CancelledError, only ours.
+            await asyncio.wait({self._task})
         finally:
             while self._queue:
                 self._queue.popleft().close()
