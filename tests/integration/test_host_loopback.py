@@ -290,3 +290,20 @@ async def test_connection_listeners_over_tcp() -> None:
         await ha.connect(hb.peer_id)
         await asyncio.sleep(0.05)
         assert len(events) == 2
+
+
+@pytest.mark.parametrize(("wildcard", "loopback"), [("0.0.0.0", "127.0.0.1"), ("::", "::1")])
+async def test_wildcard_listen_addresses_are_expanded(wildcard: str, loopback: str) -> None:
+    family = "ip6" if ":" in wildcard else "ip4"
+    async with make_host(2, f"/{family}/{wildcard}/tcp/0") as hb, make_host(1, "") as ha:
+        hb.set_stream_handler(ECHO, echo_handler)
+        (bound,) = hb.listen_addrs
+        assert bound.is_unspecified
+        port = bound.to_socket_address().port
+        assert port != 0
+        assert all(a.to_socket_address().port == port for a in hb.addrs)
+        assert all(not a.is_unspecified for a in hb.addrs)
+        local = [a for a in hb.addrs if a.is_loopback]
+        assert [a.to_socket_address().host for a in local] == [loopback]
+        stream = await ha.new_stream(hb.peer_id, ECHO, addrs=local)
+        assert await echo(stream, b"wildcard") == b"wildcard"

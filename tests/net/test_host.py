@@ -570,3 +570,10 @@ async def test_spawn_is_owned_and_guarded() -> None:
         assert t1.done() and t1.exception() is None  # logged, not propagated
         assert not t2.done()
     assert t2.cancelled()
+
+
+async def test_full_stack_one_byte_at_a_time() -> None:
+    """Every layer (multistream, Noise, yamux, stream negotiation) fed 1 byte per read."""
+    async with two_hosts(net=MemoryNetwork(trickle=True)) as (ha, hb):
+        stream = await ha.new_stream(hb.peer_id, ["/nope/1.0.0", ECHO])
+        assert await echo(stream, b"trickle" * 20) == b"trickle" * 20
