@@ -91,7 +91,7 @@ from glueberry.net.limits import (
 )
 from glueberry.net.negotiate import handle_protocol, select_protocol
 from glueberry.net.peerstore import Peerstore
-from glueberry.net.upgrader import MuxerFactory, SecureUpgrade, Upgrader
+from glueberry.net.upgrader import MuxerFactory, SecureUpgrade, Upgrader, with_prefix
 from glueberry.transport.tcp import TcpTransport
 from glueberry.wire.multiaddr import Multiaddr
 
@@ -773,6 +773,8 @@ class Host:
     def _on_secured(self, rec: _Conn, secure: SecureConnection) -> None:
         """After the handshake, before the muxer: gater and per-peer limit (may raise)."""
         peer = secure.remote_peer
+        if peer == self.peer_id:
+            raise ConnectError("connected to ourselves", peer_id=peer)
         if self.gater is not None and not self.gater.allow_secured(rec.direction.value, peer):
             raise PeerBlacklisted(f"gater refused secured connection with {peer}", peer_id=peer)
         rec.reservation.set_peer(peer)
@@ -900,7 +902,7 @@ class Host:
                 stream.reset(STREAM_SHUTDOWN)
             raise
         stream.protocol = proto
-        return _with_prefix(stream, trailing)
+        return with_prefix(stream, trailing)
 
     def _on_stream(self, rec: _Conn, stream: Stream) -> None:
         """Muxer callback for a stream the peer opened (synchronous)."""
@@ -937,7 +939,7 @@ class Host:
                 return
             stream.protocol = proto
             try:
-                await handler(_with_prefix(stream, trailing))
+                await handler(with_prefix(stream, trailing))
             except asyncio.CancelledError:
                 stream.reset(STREAM_SHUTDOWN)
                 raise
@@ -964,69 +966,6 @@ def _open_streams(muxed: MuxedConnection) -> int:
     """Streams the muxer tracks on ``muxed`` (yamux: ``streams``)."""
     streams = getattr(muxed, "streams", None)
     return len(streams) if streams is not None else 0
-
-
-class _PrefixedStream:
-    """A stream whose first bytes were read during negotiation; delegates the rest."""
-
-    def __init__(self, inner: Stream, prefix: bytes) -> None:
-        self._inner = inner
-        self._prefix = bytearray(prefix)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    @property
-    def protocol(self) -> str:
-        return self._inner.protocol
-
-    @protocol.setter
-    def protocol(self, value: str) -> None:
-        self._inner.protocol = value
-
-    async def read(self, max_bytes: int = -1) -> bytes:
-        if self._prefix:
-            n = len(self._prefix) if max_bytes < 0 else min(max_bytes, len(self._prefix))
-            data = bytes(self._prefix[:n])
-            del self._prefix[:n]
-            return data
-        return await self._inner.read(max_bytes)
-
-    async def readexactly(self, n: int) -> bytes:
-        if not self._prefix:
-            return await self._inner.readexactly(n)
-        take = min(n, len(self._prefix))
-        head = bytes(self._prefix[:take])
-        del self._prefix[:take]
-        if take == n:
-            return head
-        try:
-            rest = await self._inner.readexactly(n - take)
-        except asyncio.IncompleteReadError as exc:
-            raise asyncio.IncompleteReadError(head + exc.partial, n) from exc
-        return head + rest
-
-    def __aiter__(self) -> _PrefixedStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self.read()
-        if not data:
-            raise StopAsyncIteration
-        return data
-
-    def __repr__(self) -> str:
-        return f"<prefixed {len(self._prefix)} bytes + {self._inner!r}>"
-
-
-def _with_prefix(stream: Stream, trailing: bytes) -> Stream:
-    if not trailing:
-        return stream
-    unread = getattr(stream, "unread", None)
-    if unread is not None:
-        unread(trailing)
-        return stream
-    return _PrefixedStream(stream, trailing)
 
 
 def _interface_addresses(v6: bool) -> list[str]:

@@ -168,6 +168,74 @@ class PrefixedConnection:
         self._inner.set_receiver(receiver)
 
 
+class PrefixedStream:
+    """A stream whose first bytes were read by multistream-select; delegates the rest.
+
+    What :class:`PrefixedConnection` is for connections: ``read``/``readexactly``/``async
+    for`` serve ``prefix`` first. Every other attribute is the inner stream's.
+    """
+
+    def __init__(self, inner: Stream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = bytearray(prefix)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @property
+    def protocol(self) -> str:
+        return self._inner.protocol
+
+    @protocol.setter
+    def protocol(self, value: str) -> None:
+        self._inner.protocol = value
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes < 0 else min(max_bytes, len(self._prefix))
+            data = bytes(self._prefix[:n])
+            del self._prefix[:n]
+            return data
+        return await self._inner.read(max_bytes)
+
+    async def readexactly(self, n: int) -> bytes:
+        if not self._prefix:
+            return await self._inner.readexactly(n)
+        take = min(n, len(self._prefix))
+        head = bytes(self._prefix[:take])
+        del self._prefix[:take]
+        if take == n:
+            return head
+        try:
+            rest = await self._inner.readexactly(n - take)
+        except asyncio.IncompleteReadError as exc:
+            raise asyncio.IncompleteReadError(head + exc.partial, n) from exc
+        return head + rest
+
+    def __aiter__(self) -> PrefixedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self.read()
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    def __repr__(self) -> str:
+        return f"<prefixed {len(self._prefix)} bytes + {self._inner!r}>"
+
+
+def with_prefix(stream: Stream, trailing: bytes) -> Stream:
+    """``stream`` with ``trailing`` (bytes read past a negotiation) served first."""
+    if not trailing:
+        return stream
+    unread = getattr(stream, "unread", None)
+    if unread is not None:
+        unread(trailing)
+        return stream
+    return PrefixedStream(stream, trailing)
+
+
 def _prefixed(conn: RawConnection, trailing: bytes) -> RawConnection:
     return cast("RawConnection", PrefixedConnection(conn, trailing)) if trailing else conn
 
@@ -373,9 +441,11 @@ __all__ = [
     "YAMUX",
     "MuxerFactory",
     "PrefixedConnection",
+    "PrefixedStream",
     "SecureUpgrade",
     "StreamCallback",
     "Upgrader",
     "noise_security",
+    "with_prefix",
     "yamux_muxer",
 ]

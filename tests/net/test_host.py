@@ -577,3 +577,10 @@ async def test_full_stack_one_byte_at_a_time() -> None:
     async with two_hosts(net=MemoryNetwork(trickle=True)) as (ha, hb):
         stream = await ha.new_stream(hb.peer_id, ["/nope/1.0.0", ECHO])
         assert await echo(stream, b"trickle" * 20) == b"trickle" * 20
+
+
+async def test_dialing_own_address_is_refused() -> None:
+    async with two_hosts() as (ha, _):
+        with pytest.raises(ConnectError):
+            await ha.connect(None, ha.addrs)
+        assert not ha.connections()
