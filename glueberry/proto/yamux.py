@@ -48,6 +48,7 @@ FIN, an unknown stream ID) leaves the session usable.
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Iterator
 from typing import Final, NoReturn
@@ -93,7 +94,7 @@ from glueberry.proto.yamux_frames import (
 
 logger = logging.getLogger(__name__)
 
-_pack_into = HEADER.pack_into
+_pack_len = struct.Struct(">I").pack_into
 _pack = HEADER.pack
 _unpack_from = HEADER.unpack_from
 
@@ -182,6 +183,7 @@ class YamuxSession:
         self._tail_sid = _NO_STREAM
         self._tail_off = 0
         self._tail_len = 0
+        self._max_payload = cfg.max_frame_payload
         # time, pings, keepalive
         self._now = now if now is not None else 0.0
         self._clock_started = now is not None
@@ -383,9 +385,11 @@ class YamuxSession:
         Raises:
             LocalProtocolError: unknown or reset stream, or already half-closed (FIN).
         """
-        st = self._writable(stream_id)
-        if not st.accepted:
-            self._accept(st)
+        st = self._streams.get(stream_id)
+        if st is None or st.local_fin or not st.accepted or self._terminated:
+            st = self._writable(stream_id)
+            if not st.accepted:
+                self._accept(st)
         n = len(data)
         window = st.send_window
         if n > window:
@@ -398,17 +402,24 @@ class YamuxSession:
             return 0
         st.send_window = window - n
         out = self._out
-        limit = self.config.max_frame_payload
+        limit = self._max_payload
         off = 0
-        if self._tail_sid == stream_id and self._tail_len < limit:
+        if self._tail_sid == stream_id:
             # Merge into the Data frame that is still the last thing queued.
-            take = min(limit - self._tail_len, n)
-            out += data if take == n else memoryview(data)[:take]
-            self._tail_len += take
-            _pack_into(out, self._tail_off, 0, TYPE_DATA, 0, stream_id, self._tail_len)
-            off = take
+            tail = self._tail_len
+            if tail + n <= limit:  # the common case: it all fits
+                out += data
+                self._tail_len = tail = tail + n
+                _pack_len(out, self._tail_off + 8, tail)
+                return n
+            off = limit - tail
+            if off:
+                out += memoryview(data)[:off]
+                self._tail_len = limit
+                _pack_len(out, self._tail_off + 8, limit)
         while off < n:
-            take = min(limit, n - off)
+            take = n - off
+            take = min(take, limit)
             self._tail_off = len(out)
             out += _pack(0, TYPE_DATA, 0, stream_id, take)
             out += data if take == n else memoryview(data)[off : off + take]
@@ -426,14 +437,12 @@ class YamuxSession:
         if not st.accepted:
             self._accept(st)
         st.local_fin = True
-        if self._tail_sid == stream_id:
-            # Piggy-back FIN on the Data frame just queued (Data|FIN is legal).
-            off = self._tail_off
-            flags = int.from_bytes(self._out[off + 2 : off + 4], "big")
-            self._out[off + 2 : off + 4] = (flags | FLAG_FIN).to_bytes(2, "big")
-            self._tail_sid = _NO_STREAM
-        else:
-            self._queue(TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0)
+        # FIN always travels in its own WindowUpdate frame, never piggy-backed on the last
+        # Data frame: the spec allows Data|FIN, but go-yamux applies the FIN flag before it
+        # buffers that frame's body, so a go reader that is already waiting sees EOF and
+        # loses the last frame's bytes. go-yamux itself never sends Data|FIN.
+        self._tail_sid = _NO_STREAM
+        self._queue(TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0)
         if st.remote_fin:
             self._remove(st)
 
