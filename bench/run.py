@@ -356,7 +356,7 @@ def write_report(
     lines = ["# Peer benchmarks", ""]
     if quick:
         lines += [
-            "> **Quick smoke run** (`--quick`: 1 round, small workload). These figures only",
+            "> **Quick smoke run** (`--quick`: small workload). These figures only",
             "> show that the runner works; run `python3 bench/run.py` on a quiet machine for",
             "> numbers.",
             "",
