@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import socket
 import time
@@ -140,9 +141,9 @@ class Transport(Protocol):
 
     def to_multiaddr(self, address: tuple[str, int]) -> Multiaddr: ...
 
-    async def dial(self, addr: Multiaddr, *, timeout: float | None) -> Any: ...  # noqa: ASYNC109
+    async def dial(self, addr: Multiaddr, *, timeout: float | None) -> RawConnection: ...  # noqa: ASYNC109
 
-    async def listen(self, addr: Multiaddr, on_connection: Any) -> TransportListener: ...
+    async def listen(self, addr: Multiaddr, on_connection: RawCallback) -> TransportListener: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -440,7 +441,7 @@ class Host:
         for transport in self._transports:
             if transport.can_listen(ma):
                 listener = await transport.listen(
-                    ma, lambda raw, t=transport: self._on_raw_inbound(t, raw)
+                    ma, functools.partial(self._on_raw_inbound, transport)
                 )
                 self._listeners.append((transport, listener))
                 logger.info("listening on %s", listener.multiaddrs)
