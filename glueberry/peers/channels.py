@@ -1,0 +1,995 @@
+"""Glueberry named streams: one libp2p stream per (peer, name), framed and (except the
+handshake stream) sealed with the peer's stream key.
+
+Reference: ``glueberry-go-v1.md`` §1.3 (who opens which stream, inbound acceptance), §1.4-1.5
+(framing, encrypted layout), §2.6-2.7 (failure handling, size limits) and the fixes of §9.2
+(items 4, 6, 7); architecture C11 (backpressure end to end). The codec is
+:mod:`glueberry.proto.gb_framing`, the cipher :class:`glueberry.peers.crypto.StreamCipher`.
+
+Theory of operation
+-------------------
+*Streams.* ``/glueberry/stream/<name>/1.0.0`` carries every message of ``name`` between two
+peers, in both directions. Whichever side sends first opens it (lazily, on the first
+:meth:`ChannelManager.send`); the other side accepts it and writes its own messages on it too.
+``"handshake"`` is the same, unencrypted, and accepted from any connected peer; every other
+name is accepted only from a peer for which :meth:`ChannelManager.prepare` granted it (else
+the stream is reset — or, when no peer has that name, multistream answers ``na``).
+
+*Duplicates.* Go resets a second inbound stream for a name it holds. Here a second stream
+never destroys data: every accepted stream keeps a reader until it ends. One of them is the
+*primary*, used for sending. Between two live streams the tie-break is deterministic, so both
+peers pick the same one: the stream opened by the peer with the lower peer ID wins; between
+two streams opened by the same side, the newer wins (that side only opens a new one when it
+gave up on the old). When our own stream loses, we half-close it (FIN) so the peer's reader
+ends; a losing remote stream is read until the peer closes it. At most
+:data:`MAX_SECONDARY_STREAMS` non-primary streams are kept per name; older ones are reset.
+When the primary ends, the newest stream we can still write to takes over; if none is left
+the next send opens a new one (as Go does after EOF).
+
+*Reading* (C11). Each stream has one reader: the host's handler task for inbound streams, a
+task in the host's task group for streams we opened. A reader takes everything buffered
+(one ``read()``), decodes and decrypts the whole batch (:meth:`FrameDecoder.receive_encrypted`)
+and hands the batch to a bounded :class:`MessageQueue` in one call. While that queue is full
+the reader waits and reads nothing, so the yamux window is not reopened and the remote sender
+blocks: nothing is dropped, ever. Received plaintexts are limited to ``max_message_size``
+(checked on the length prefix, before buffering; the limit applies to the plaintext, i.e. the
+blob minus 28 bytes, matching what a Go sender enforces).
+
+*Failures.* A malformed frame (zero length, over the limit, bad or truncated varint, end of
+stream inside a frame) resets that stream: it is counted (``protocol_error("glueberry")``) and
+logged. A frame that fails authentication is counted (``decryption_error``), logged, reported
+to ``on_decryption_error`` and handled by ``decryption_error_policy``: ``"reset_stream"``
+(default) resets the stream, ``"disconnect"`` also asks the node to drop the peer. Frames of
+the same read that did authenticate are still delivered; nothing that failed is. Other peers
+and other streams are unaffected.
+
+*Writing.* A message is framed and sealed into one buffer (``seal_into``) and written with
+one ``stream.write`` (yamux merges consecutive writes into one frame; Noise and the socket
+coalesce further). ``send`` returns once the muxer accepted the bytes; it waits while the
+stream's send window is exhausted. Concurrent senders on one stream never interleave: while a
+write is suspended, later messages are appended to one pending buffer that the suspended
+writer flushes next, and their senders wait for that flush (``disable_backpressure``: they
+return at once instead, and memory is the limit).
+
+Nothing here blocks the event loop or spawns a task per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from glueberry.errors import (
+    ConnectionLost,
+    DecryptionFailed,
+    GlueberryError,
+    LocalProtocolError,
+    MessageTooLarge,
+    RemoteProtocolError,
+    StreamClosed,
+    StreamError,
+    StreamReset,
+    TransportError,
+)
+from glueberry.events import IncomingMessage
+from glueberry.peers.metrics import Metrics, NopMetrics
+from glueberry.proto.gb_framing import (
+    ENCRYPTION_OVERHEAD,
+    HANDSHAKE_STREAM,
+    PROTOCOL,
+    FrameDecoder,
+    encode_frame_header,
+    stream_protocol_id,
+    validate_stream_name,
+)
+
+if TYPE_CHECKING:
+    from glueberry.clock import Clock
+    from glueberry.net.host import Host
+    from glueberry.peers.crypto import StreamCipher
+    from glueberry.peers.stats import StatsRecorder, StreamCounters
+    from glueberry.transport.base import Stream
+    from glueberry.wire.identity import PeerId
+
+__all__ = [
+    "HANDSHAKE_PROTOCOL_ID",
+    "MAX_SECONDARY_STREAMS",
+    "ChannelManager",
+    "MessageQueue",
+    "spawn_in",
+]
+
+#: ``/glueberry/stream/handshake/1.0.0`` (what Go really uses; its ``HandshakeProtocolID``
+#: constant ``/glueberry/handshake/1.0.0`` is never used on the wire).
+HANDSHAKE_PROTOCOL_ID: Final = stream_protocol_id(HANDSHAKE_STREAM)
+#: Non-primary streams kept per (peer, name) before the oldest is reset (stream floods).
+MAX_SECONDARY_STREAMS: Final = 2
+#: Reset code for streams we refuse (go-libp2p's "protocol negotiation failed").
+_REFUSED: Final = 0x1001
+
+DecryptionPolicy = Literal["reset_stream", "disconnect"]
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def spawn_in(host: Host, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+    """``host.spawn(coro)``, closing ``coro`` if the task is cancelled before it started
+    (so no "coroutine was never awaited" warning is left behind).
+
+    Raises:
+        GlueberryError: the host is not running (``coro`` is closed).
+    """
+    task = host.spawn(coro, name=name)
+    task.add_done_callback(lambda _t: coro.close())
+    return task
+
+
+# --- the bounded message queue ---------------------------------------------------------
+
+
+class MessageQueue:
+    """A bounded queue of :class:`~glueberry.events.IncomingMessage`, filled in batches.
+
+    Producers (stream readers) call :meth:`put_batch`, which waits while the queue holds
+    ``capacity`` messages or more and then appends the whole batch (so the queue can exceed
+    its capacity by at most one batch per reader; a batch is bounded by one yamux window).
+    Consumers iterate: ``async for msg in queue``. Iteration ends after :meth:`close` once
+    the queue is drained. Several consumers split the messages between them.
+    """
+
+    __slots__ = ("_buf", "_capacity", "_closed", "_getters", "_on_close", "_putters")
+
+    def __init__(
+        self, capacity: int, *, on_close: Callable[[MessageQueue], None] | None = None
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._capacity = capacity
+        self._buf: deque[IncomingMessage] = deque()
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+        self._on_close = on_close
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def waiting_producers(self) -> int:
+        """Readers currently held back because the queue is full."""
+        return sum(1 for f in self._putters if not f.done())
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def __bool__(self) -> bool:  # a queue is an object, not an empty container
+        return True
+
+    async def put_batch(self, items: list[IncomingMessage]) -> bool:
+        """Append ``items``, waiting while the queue is full. False if the queue is closed."""
+        buf = self._buf
+        while len(buf) >= self._capacity:
+            if self._closed:
+                return False
+            fut = asyncio.get_running_loop().create_future()
+            self._putters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake_putter()  # pass the turn on
+                raise
+        if self._closed:
+            return False
+        buf.extend(items)
+        getters = self._getters
+        while getters:
+            g = getters.popleft()
+            if not g.done():
+                g.set_result(None)
+                break
+        if len(buf) < self._capacity and self._putters:
+            self._wake_putter()
+        return True
+
+    def _wake_putter(self) -> None:
+        putters = self._putters
+        while putters:
+            p = putters.popleft()
+            if not p.done():
+                p.set_result(None)
+                return
+
+    def get_nowait(self) -> IncomingMessage:
+        """The next message.
+
+        Raises:
+            asyncio.QueueEmpty: nothing queued.
+            StreamClosed: closed and drained.
+        """
+        buf = self._buf
+        if buf:
+            item = buf.popleft()
+            if self._putters and len(buf) < self._capacity:
+                self._wake_putter()
+            return item
+        if self._closed:
+            raise StreamClosed("message queue is closed")
+        raise asyncio.QueueEmpty
+
+    async def get(self) -> IncomingMessage:
+        """Wait for the next message.
+
+        Raises:
+            StreamClosed: closed and drained.
+        """
+        while True:
+            buf = self._buf
+            if buf:
+                item = buf.popleft()
+                if self._putters and len(buf) < self._capacity:
+                    self._wake_putter()
+                return item
+            if self._closed:
+                raise StreamClosed("message queue is closed")
+            fut = asyncio.get_running_loop().create_future()
+            self._getters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and self._buf:
+                    # We were woken for a message we will not take: wake another consumer.
+                    for g in self._getters:
+                        if not g.done():
+                            g.set_result(None)
+                            break
+                raise
+
+    def __aiter__(self) -> MessageQueue:
+        return self
+
+    async def __anext__(self) -> IncomingMessage:
+        buf = self._buf
+        if buf:  # fast path: no suspension
+            item = buf.popleft()
+            if self._putters and len(buf) < self._capacity:
+                self._wake_putter()
+            return item
+        try:
+            return await self.get()
+        except StreamClosed:
+            raise StopAsyncIteration from None
+
+    def steal(self, predicate: Callable[[IncomingMessage], bool]) -> list[IncomingMessage]:
+        """Remove and return the queued messages matching ``predicate`` (in order)."""
+        taken = [m for m in self._buf if predicate(m)]
+        if taken:
+            keep = [m for m in self._buf if not predicate(m)]
+            self._buf.clear()  # in place: a producer may hold a reference
+            self._buf.extend(keep)
+            if self._putters and len(self._buf) < self._capacity:
+                self._wake_putter()
+        return taken
+
+    def close(self) -> None:
+        """No more messages: consumers drain what is queued, then iteration ends. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for waiters in (self._getters, self._putters):
+            while waiters:
+                f = waiters.popleft()
+                if not f.done():
+                    f.set_result(None)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    unsubscribe = close
+
+    async def __aenter__(self) -> MessageQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MessageQueue(queued={len(self._buf)}, capacity={self._capacity})"
+
+
+# --- bookkeeping records --------------------------------------------------------------
+
+
+class _StreamRec:
+    """One accepted or opened stream of a channel, with a reader running on it."""
+
+    __slots__ = ("close_after_write", "local", "retired", "stream", "writable", "writing")
+
+    def __init__(self, stream: Stream, local: bool) -> None:
+        self.stream = stream
+        #: We opened it.
+        self.local = local
+        #: Our write side is still open.
+        self.writable = True
+        #: No longer the primary (lost a tie-break or was replaced).
+        self.retired = False
+        #: A write on it is suspended (half-close waits for it).
+        self.writing = False
+        self.close_after_write = False
+
+
+class _Channel:
+    """All streams of one (peer, name)."""
+
+    __slots__ = (
+        "counters",
+        "encrypted",
+        "name",
+        "opening",
+        "pending",
+        "pending_count",
+        "pending_fut",
+        "primary",
+        "protocol_id",
+        "streams",
+        "writing",
+    )
+
+    def __init__(self, name: str, counters: StreamCounters) -> None:
+        self.name = name
+        self.protocol_id = stream_protocol_id(name)
+        self.encrypted = name != HANDSHAKE_STREAM
+        self.counters = counters
+        self.primary: _StreamRec | None = None
+        self.streams: list[_StreamRec] = []
+        self.opening: asyncio.Future[None] | None = None
+        self.writing = False
+        self.pending = bytearray()
+        self.pending_count = 0
+        self.pending_fut: asyncio.Future[None] | None = None
+
+
+class _PeerChannels:
+    __slots__ = ("allowed", "channels", "cipher", "public_key")
+
+    def __init__(self) -> None:
+        self.cipher: StreamCipher | None = None
+        self.public_key: bytes | None = None
+        self.allowed: set[str] = set()
+        self.channels: dict[str, _Channel] = {}
+
+
+# --- the manager ----------------------------------------------------------------------
+
+
+class ChannelManager:
+    """The named streams of every peer of one node.
+
+    Args:
+        host: the libp2p host (stream handlers, ``new_stream``, ``spawn``).
+        messages: where received messages go (unless a handshake tap takes them).
+        stats: per-(peer, stream) counters.
+        clock: timestamps (``wall()``).
+        max_message_size: largest plaintext sent or accepted.
+        decryption_policy: ``"reset_stream"`` or ``"disconnect"``.
+        on_decryption_error: the application's callback ``(peer_id, error)``.
+        on_inbound_handshake: called with the peer once an inbound handshake stream is stored
+            and before anything is read from it (the node's state machine: Connected);
+            returning False refuses (resets) the stream.
+        on_peer_error: called with ``(peer_id, error)`` when the policy says to drop the peer.
+        disable_backpressure: senders do not wait for a suspended write (see module docs).
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        messages: MessageQueue,
+        stats: StatsRecorder[PeerId],
+        clock: Clock,
+        max_message_size: int,
+        max_stream_name_length: int = 64,
+        metrics: Metrics | None = None,
+        logger: logging.Logger | None = None,
+        decryption_policy: DecryptionPolicy = "reset_stream",
+        on_decryption_error: Callable[[PeerId, BaseException], None] | None = None,
+        on_inbound_handshake: Callable[[PeerId], bool] | None = None,
+        on_peer_error: Callable[[PeerId, BaseException], None] | None = None,
+        disable_backpressure: bool = False,
+    ) -> None:
+        self.host = host
+        self.messages = messages
+        self._stats = stats
+        self._clock = clock
+        self._max = max_message_size
+        self._max_name = max_stream_name_length
+        self._metrics: Metrics = metrics if metrics is not None else NopMetrics()
+        self._metrics_on = not isinstance(self._metrics, NopMetrics)
+        self._log = logger if logger is not None else logging.getLogger(__name__)
+        self._policy = decryption_policy
+        self._on_decryption_error = on_decryption_error
+        self._on_inbound_handshake = on_inbound_handshake
+        self._on_peer_error = on_peer_error
+        self._no_backpressure = disable_backpressure
+        self._local = host.peer_id
+        self._peers: dict[PeerId, _PeerChannels] = {}
+        self._taps: dict[PeerId | None, MessageQueue] = {}
+        self._handlers: dict[str, int] = {}  # protocol ID -> peers granting it
+        self._closed = False
+        #: Counters of refused or failed input, by kind (also logged and sent to metrics).
+        self.counters: dict[str, int] = {
+            "streams_refused": 0,
+            "streams_replaced": 0,
+            "streams_reset_flood": 0,
+            "protocol_errors": 0,
+            "decryption_failures": 0,
+        }
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve the handshake protocol."""
+        self.host.set_stream_handler(HANDSHAKE_PROTOCOL_ID, self._serve_handshake)
+
+    def close(self) -> None:
+        """Forget every peer (streams reset, keys zeroed) and close the taps."""
+        self._closed = True
+        for peer in list(self._peers):
+            self.forget(peer)
+        for tap in list(self._taps.values()):
+            tap.close()
+        self._taps.clear()
+
+    # --- peers and keys ----------------------------------------------------------------
+
+    def _peer(self, peer: PeerId) -> _PeerChannels:
+        pc = self._peers.get(peer)
+        if pc is None:
+            pc = self._peers[peer] = _PeerChannels()
+        return pc
+
+    def _channel(self, peer: PeerId, pc: _PeerChannels, name: str) -> _Channel:
+        ch = pc.channels.get(name)
+        if ch is None:
+            counters = self._stats.stream_counters(peer, name, self._clock.wall())
+            ch = pc.channels[name] = _Channel(name, counters)
+        return ch
+
+    def prepare(
+        self, peer: PeerId, public_key: bytes, names: list[str], cipher: StreamCipher
+    ) -> None:
+        """Grant ``names`` to ``peer`` (added to earlier grants) under ``cipher``.
+
+        ``names`` must already be validated. Registers a handler for each name. When the
+        peer already has a cipher under the same key, it is kept (streams in use go on) and
+        ``cipher`` is closed.
+        """
+        pc = self._peer(peer)
+        key = bytes(public_key)
+        if pc.cipher is not None and pc.public_key == key:
+            if cipher is not pc.cipher:
+                cipher.close()
+        else:
+            if pc.cipher is not None:
+                pc.cipher.close()
+            pc.cipher = cipher
+            pc.public_key = key
+        for name in names:
+            if name in pc.allowed:
+                continue
+            pc.allowed.add(name)
+            pid = stream_protocol_id(name)
+            count = self._handlers.get(pid, 0)
+            if count == 0:
+                self.host.set_stream_handler(pid, self._handler_for(name))
+            self._handlers[pid] = count + 1
+
+    def has_key(self, peer: PeerId) -> bool:
+        pc = self._peers.get(peer)
+        return pc is not None and pc.cipher is not None
+
+    def allowed(self, peer: PeerId) -> frozenset[str]:
+        pc = self._peers.get(peer)
+        return frozenset(pc.allowed) if pc is not None else frozenset()
+
+    def public_key(self, peer: PeerId) -> bytes | None:
+        pc = self._peers.get(peer)
+        return pc.public_key if pc is not None else None
+
+    def forget(self, peer: PeerId) -> None:
+        """Drop everything of ``peer``: reset its streams, zero its key, revoke its names."""
+        pc = self._peers.pop(peer, None)
+        if pc is None:
+            return
+        for ch in pc.channels.values():
+            for rec in list(ch.streams):
+                rec.stream.reset()
+            ch.streams.clear()
+            ch.primary = None
+            if ch.opening is not None and not ch.opening.done():
+                ch.opening.set_exception(ConnectionLost("peer forgotten", peer_id=peer))
+                ch.opening.add_done_callback(_retrieve)
+            self._fail_pending(ch, ConnectionLost("peer disconnected", peer_id=peer))
+        if pc.cipher is not None:
+            pc.cipher.close()
+        for name in pc.allowed:
+            pid = stream_protocol_id(name)
+            count = self._handlers.get(pid, 0) - 1
+            if count <= 0:
+                self._handlers.pop(pid, None)
+                self.host.remove_stream_handler(pid)
+            else:
+                self._handlers[pid] = count
+
+    def stream_count(self, peer: PeerId, name: str | None = None) -> int:
+        """Live streams with ``peer`` (of ``name`` only, if given); for tests and debugging."""
+        pc = self._peers.get(peer)
+        if pc is None:
+            return 0
+        chans = pc.channels.values() if name is None else [pc.channels.get(name)]
+        return sum(len(ch.streams) for ch in chans if ch is not None)
+
+    # --- handshake taps ------------------------------------------------------------------
+
+    def intercept_handshake(self, peer: PeerId | None, capacity: int) -> MessageQueue:
+        """Route handshake-stream messages (of ``peer``, or of every peer without a tap of
+        its own when ``None``) to a new queue instead of :attr:`messages`.
+
+        Handshake messages of that peer already waiting in :attr:`messages` move to the new
+        queue, so nothing that arrived just before the tap is lost to it.
+
+        Raises:
+            LocalProtocolError: a tap for ``peer`` exists already.
+        """
+        if self._taps.get(peer) is not None:
+            raise LocalProtocolError(
+                "handshake messages of this peer are already intercepted", protocol=PROTOCOL
+            )
+
+        def on_close(q: MessageQueue) -> None:
+            if self._taps.get(peer) is q:
+                del self._taps[peer]
+
+        q = MessageQueue(capacity, on_close=on_close)
+        self._taps[peer] = q
+        if peer is None:
+            taken = self.messages.steal(
+                lambda m: m.stream_name == HANDSHAKE_STREAM and m.peer_id not in self._taps
+            )
+        else:
+            taken = self.messages.steal(
+                lambda m: m.stream_name == HANDSHAKE_STREAM and m.peer_id == peer
+            )
+        if taken:
+            q._buf.extend(taken)
+        return q
+
+    def _route(self, peer: PeerId) -> MessageQueue:
+        taps = self._taps
+        if taps:
+            q = taps.get(peer)
+            if q is None:
+                q = taps.get(None)
+            if q is not None and not q.closed:
+                return q
+        return self.messages
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def send(self, peer: PeerId, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Frame (and seal) ``data`` and hand it to the stream of ``(peer, name)``.
+
+        Raises:
+            MessageTooLarge: ``len(data) > max_message_size``.
+            LocalProtocolError: invalid name, or ``name`` not prepared for ``peer``.
+            ConnectionLost: not connected to ``peer``.
+            StreamReset / StreamClosed: the stream failed during the write.
+            NegotiationFailed: the peer refused the stream's protocol.
+        """
+        n = len(data)
+        if n > self._max:
+            raise MessageTooLarge(
+                f"message size {n} exceeds maximum {self._max}", peer_id=peer, stream=name
+            )
+        pc = self._peers.get(peer)
+        ch = pc.channels.get(name) if pc is not None else None
+        rec = ch.primary if ch is not None else None
+        if ch is None or rec is None or pc is None:
+            pc, ch = await self._ensure_open(peer, name)
+            rec = ch.primary
+            if rec is None:  # pragma: no cover - _ensure_open guarantees a primary
+                raise ConnectionLost("stream vanished", peer_id=peer, stream=name)
+        if ch.encrypted:
+            cipher = pc.cipher
+            if cipher is None:
+                raise LocalProtocolError(
+                    f"no stream key for peer {peer}", protocol=PROTOCOL, peer_id=peer, stream=name
+                )
+            frame = bytearray(encode_frame_header(n + ENCRYPTION_OVERHEAD))
+            cipher.seal_into(frame, data)
+        else:
+            frame = bytearray(encode_frame_header(n))
+            frame += data
+        if ch.writing:
+            await self._enqueue(ch, frame)
+        else:
+            await self._write(peer, ch, rec, frame)
+        c = ch.counters
+        c.messages_sent += 1
+        c.bytes_sent += n
+        c.last_sent_at = self._clock.wall()
+        if self._metrics_on:
+            self._metrics.message_sent(name, n)
+
+    async def _write(self, peer: PeerId, ch: _Channel, rec: _StreamRec, frame: bytearray) -> None:
+        """Write ``frame``, then whatever other senders queued meanwhile."""
+        ch.writing = True
+        rec.writing = True
+        try:
+            await rec.stream.write(frame)
+            while ch.pending:
+                data, fut = ch.pending, ch.pending_fut
+                ch.pending = bytearray()
+                ch.pending_fut = None
+                ch.pending_count = 0
+                target = ch.primary if ch.primary is not None else rec
+                if target is not rec:
+                    rec.writing = False
+                    self._after_write(rec)
+                    rec = target
+                    rec.writing = True
+                try:
+                    await rec.stream.write(data)
+                except BaseException as exc:
+                    if fut is not None and not fut.done():
+                        fut.set_exception(_as_stream_error(exc, peer, ch.name))
+                    raise
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+        except asyncio.CancelledError:
+            # A frame may be half written: the framing of this stream cannot be trusted.
+            self._drop_stream(ch, rec, reset=True)
+            self._fail_pending(ch, StreamReset("send cancelled", peer_id=peer, stream=ch.name))
+            raise
+        except (StreamError, TransportError, LocalProtocolError) as exc:
+            self._drop_stream(ch, rec, reset=True)
+            err = _as_stream_error(exc, peer, ch.name)
+            self._fail_pending(ch, err)
+            raise err from exc
+        finally:
+            ch.writing = False
+            rec.writing = False
+            self._after_write(rec)
+
+    async def _enqueue(self, ch: _Channel, frame: bytearray) -> None:
+        """Another send is suspended in a write: join the next batch it flushes."""
+        ch.pending += frame
+        ch.pending_count += 1
+        fut = ch.pending_fut
+        if fut is None:
+            fut = ch.pending_fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_retrieve)
+            if self._metrics_on:
+                self._metrics.backpressure_engaged(ch.name)
+        if self._metrics_on:
+            self._metrics.pending_messages(ch.name, ch.pending_count)
+        if self._no_backpressure:
+            return
+        start = self._clock.now()
+        await asyncio.shield(fut)
+        if self._metrics_on:
+            self._metrics.backpressure_wait(ch.name, self._clock.now() - start)
+
+    def _fail_pending(self, ch: _Channel, exc: BaseException) -> None:
+        fut = ch.pending_fut
+        ch.pending = bytearray()
+        ch.pending_fut = None
+        ch.pending_count = 0
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def _after_write(self, rec: _StreamRec) -> None:
+        if rec.close_after_write and rec.writable:
+            rec.close_after_write = False
+            self._half_close(rec)
+
+    async def _ensure_open(self, peer: PeerId, name: str) -> tuple[_PeerChannels, _Channel]:
+        """The channel of ``(peer, name)`` with a primary stream, opening one if needed."""
+        if name == HANDSHAKE_STREAM:
+            pc = self._peer(peer)
+        else:
+            pc_or_none = self._peers.get(peer)
+            if pc_or_none is None or pc_or_none.cipher is None or name not in pc_or_none.allowed:
+                validate_stream_name(name, self._max_name)
+                raise LocalProtocolError(
+                    f"stream {name!r} is not prepared for peer {peer} (call prepare_streams first)",
+                    protocol=PROTOCOL,
+                    peer_id=peer,
+                    stream=name,
+                )
+            pc = pc_or_none
+        ch = self._channel(peer, pc, name)
+        while ch.primary is None:
+            if self._closed or self._peers.get(peer) is not pc:
+                raise ConnectionLost(f"not connected to peer {peer}", peer_id=peer, stream=name)
+            if ch.opening is not None:
+                await asyncio.shield(ch.opening)
+                continue
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_retrieve)
+            ch.opening = fut
+            try:
+                stream = await self._open_stream(peer, ch.protocol_id, name)
+            except BaseException as exc:
+                ch.opening = None
+                fut.set_exception(
+                    exc if isinstance(exc, GlueberryError) else ConnectionLost(repr(exc))
+                )
+                raise
+            ch.opening = None
+            if self._peers.get(peer) is not pc:  # forgotten while we were opening
+                stream.reset()
+                fut.set_exception(ConnectionLost("peer disconnected", peer_id=peer))
+                raise ConnectionLost(f"peer {peer} disconnected", peer_id=peer, stream=name)
+            rec = _StreamRec(stream, local=True)
+            self._install(pc, ch, rec)
+            try:
+                spawn_in(self.host, self._read_loop(peer, pc, ch, rec), name="glueberry-reader")
+            except GlueberryError:
+                self._drop_stream(ch, rec, reset=True)
+                fut.set_exception(ConnectionLost("node is stopping"))
+                raise
+            fut.set_result(None)
+        return pc, ch
+
+    async def _open_stream(self, peer: PeerId, protocol_id: str, name: str) -> Stream:
+        if self.host.connection_for(peer) is None:
+            raise ConnectionLost(f"not connected to peer {peer}", peer_id=peer, stream=name)
+        stream = await self.host.new_stream(peer, [protocol_id])
+        if self._metrics_on:
+            self._metrics.stream_opened(name)
+        return stream
+
+    # --- accepting -------------------------------------------------------------------------
+
+    def _handler_for(self, name: str) -> Callable[[Stream], Coroutine[Any, Any, None]]:
+        async def handler(stream: Stream) -> None:
+            await self._serve(stream, name)
+
+        return handler
+
+    async def _serve(self, stream: Stream, name: str) -> None:
+        peer = stream.connection.remote_peer
+        pc = self._peers.get(peer)
+        if pc is None or pc.cipher is None or name not in pc.allowed:
+            self.counters["streams_refused"] += 1
+            self._log.info("refusing stream %r from %s: not prepared for this peer", name, peer)
+            if self._metrics_on:
+                self._metrics.stream_reset(name)
+            stream.reset(_REFUSED)
+            return
+        ch = self._channel(peer, pc, name)
+        rec = _StreamRec(stream, local=False)
+        self._install(pc, ch, rec)
+        if self._metrics_on:
+            self._metrics.stream_opened(name)
+        await self._read_loop(peer, pc, ch, rec)
+
+    async def _serve_handshake(self, stream: Stream) -> None:
+        peer = stream.connection.remote_peer
+        pc = self._peer(peer)
+        ch = self._channel(peer, pc, HANDSHAKE_STREAM)
+        rec = _StreamRec(stream, local=False)
+        # Store the stream before anyone hears of the peer (reference §1.3 race): a reply
+        # sent in reaction to the Connected event must go out on this very stream.
+        self._install(pc, ch, rec)
+        if self._metrics_on:
+            self._metrics.stream_opened(HANDSHAKE_STREAM)
+        if self._on_inbound_handshake is not None and not self._on_inbound_handshake(peer):
+            self.counters["streams_refused"] += 1
+            self._drop_stream(ch, rec, reset=True)
+            return
+        await self._read_loop(peer, pc, ch, rec)
+
+    def _install(self, pc: _PeerChannels, ch: _Channel, rec: _StreamRec) -> None:
+        """Add ``rec`` to the channel and settle which stream is the primary."""
+        ch.streams.append(rec)
+        cur = ch.primary
+        if cur is None:
+            ch.primary = rec
+        else:
+            self.counters["streams_replaced"] += 1
+            if self._prefer(rec, cur):
+                ch.primary = rec
+                self._retire(rec=cur)
+            else:
+                self._retire(rec=rec)
+        secondary = [r for r in ch.streams if r is not ch.primary]
+        while len(secondary) > MAX_SECONDARY_STREAMS:
+            old = secondary.pop(0)
+            self.counters["streams_reset_flood"] += 1
+            self._log.info("too many %r streams with one peer: resetting the oldest", ch.name)
+            self._drop_stream(ch, old, reset=True)
+
+    def _prefer(self, new: _StreamRec, old: _StreamRec) -> bool:
+        """Whether ``new`` should replace ``old`` as the primary (same rule on both peers)."""
+        if new.local != old.local:
+            remote = new.stream.connection.remote_peer
+            local_is_lower = self._local < remote
+            return new.local == local_is_lower
+        return True  # opened by the same side: it gave up on the older one
+
+    def _retire(self, *, rec: _StreamRec) -> None:
+        rec.retired = True
+        if rec.local:  # tell the peer we will not write on it any more
+            if rec.writing:
+                rec.close_after_write = True
+            else:
+                self._half_close(rec)
+
+    def _half_close(self, rec: _StreamRec) -> None:
+        if not rec.writable:
+            return
+        rec.writable = False
+        try:
+            spawn_in(self.host, _close_write(rec.stream), name="glueberry-fin")
+        except GlueberryError:
+            rec.stream.reset()
+
+    def _drop_stream(self, ch: _Channel, rec: _StreamRec, *, reset: bool) -> None:
+        if reset:
+            rec.stream.reset()
+            if self._metrics_on:
+                self._metrics.stream_reset(ch.name)
+        rec.writable = False
+        with contextlib.suppress(ValueError):
+            ch.streams.remove(rec)
+        if ch.primary is rec:
+            ch.primary = None
+            for other in reversed(ch.streams):
+                if other.writable:
+                    ch.primary = other
+                    break
+
+    async def close_handshake(self, peer: PeerId) -> None:
+        """Half-close our handshake stream with ``peer`` (after ``finalize_handshake``).
+
+        Its reader goes on until the peer closes too; a later handshake send opens a new one.
+        """
+        pc = self._peers.get(peer)
+        ch = pc.channels.get(HANDSHAKE_STREAM) if pc is not None else None
+        if ch is None:
+            return
+        for rec in list(ch.streams):
+            rec.retired = True
+            if rec.writing:
+                rec.close_after_write = True
+            elif rec.writable:
+                rec.writable = False
+                with contextlib.suppress(StreamError, TransportError):
+                    await rec.stream.close_write()
+        ch.primary = None
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _read_loop(
+        self, peer: PeerId, pc: _PeerChannels, ch: _Channel, rec: _StreamRec
+    ) -> None:
+        stream = rec.stream
+        name = ch.name
+        encrypted = ch.encrypted
+        cipher = pc.cipher
+        if encrypted:
+            if cipher is None:  # pragma: no cover - _serve checks it
+                stream.reset(_REFUSED)
+                self._drop_stream(ch, rec, reset=False)
+                return
+            decoder = FrameDecoder.for_encrypted(self._max)
+        else:
+            decoder = FrameDecoder.for_handshake(self._max)
+        counters = ch.counters
+        wall = self._clock.wall
+        read = stream.read
+        metrics_on = self._metrics_on
+        metrics = self._metrics
+        reset = False
+        try:
+            while True:
+                data = await read()
+                if not data:
+                    decoder.receive_data(b"")  # raises if the stream ended inside a frame
+                    break
+                failures = 0
+                error: DecryptionFailed | None = None
+                if encrypted:
+                    msgs, failures, error = decoder.receive_encrypted(data, cipher)  # type: ignore[arg-type]
+                else:
+                    msgs = decoder.receive_data(data)
+                if msgs:
+                    now = wall()
+                    count = len(msgs)
+                    nbytes = sum(map(len, msgs))
+                    counters.messages_received += count
+                    counters.bytes_received += nbytes
+                    counters.last_received_at = now
+                    if metrics_on:
+                        metrics.message_received(name, nbytes, count)
+                    queue = self.messages if encrypted else self._route(peer)
+                    await queue.put_batch([IncomingMessage(peer, name, m, now) for m in msgs])
+                if failures:
+                    assert error is not None
+                    reset = True
+                    self._decryption_failed(peer, name, failures, error)
+                    return
+        except RemoteProtocolError as exc:
+            reset = True
+            self.counters["protocol_errors"] += 1
+            if metrics_on:
+                metrics.protocol_error(PROTOCOL)
+            self._log.warning(
+                "bad frame from %s on stream %r: %s; resetting the stream", peer, name, exc
+            )
+        except (StreamReset, StreamClosed, TransportError):
+            pass  # reset by the peer, closed by us, or the connection went away
+        except LocalProtocolError:  # the cipher was closed under us: the peer was dropped
+            reset = True
+        finally:
+            self._drop_stream(ch, rec, reset=reset)
+        # End of stream: the peer finished with it (Go abandons a stream after EOF).
+        with contextlib.suppress(StreamError, TransportError):
+            await stream.close()
+        if metrics_on:
+            metrics.stream_closed(name)
+
+    def _decryption_failed(
+        self, peer: PeerId, name: str, failures: int, error: DecryptionFailed
+    ) -> None:
+        self.counters["decryption_failures"] += failures
+        if self._metrics_on:
+            for _ in range(failures):
+                self._metrics.decryption_error()
+            self._metrics.message_dropped("decryption_failed", failures)
+        error.peer_id = peer
+        error.stream = name
+        self._log.warning(
+            "%d frame(s) from %s on stream %r failed to authenticate (%s); policy: %s",
+            failures,
+            peer,
+            name,
+            error,
+            self._policy,
+        )
+        cb = self._on_decryption_error
+        if cb is not None:
+            try:
+                cb(peer, error)
+            except Exception:
+                self._log.exception("on_decryption_error callback failed")
+        if self._policy == "disconnect" and self._on_peer_error is not None:
+            self._on_peer_error(peer, error)
+
+
+async def _close_write(stream: Stream) -> None:
+    with contextlib.suppress(StreamError, TransportError):
+        await stream.close_write()
+
+
+def _as_stream_error(exc: BaseException, peer: PeerId, name: str) -> GlueberryError:
+    if isinstance(exc, StreamError | TransportError):
+        if exc.peer_id is None:
+            exc.peer_id = peer
+        if exc.stream is None:
+            exc.stream = name
+        return exc
+    return StreamReset(f"write failed: {exc!r}", peer_id=peer, stream=name)
