@@ -484,9 +484,12 @@ class Host:
             self.upgrader.rejected_inbound += 1
             self._refuse("max_pending_upgrades", raw)
             return
-        ip = raw.remote_address[0]
-        per_ip = self.config.limits.max_pending_upgrades_per_ip
-        if per_ip is not None and self._pending_by_ip.get(ip, 0) >= per_ip:
+        ip: str | None = raw.remote_address[0]
+        limits = self.config.limits
+        per_ip = limits.max_pending_upgrades_per_ip
+        if per_ip is None or ip is None or not limits.per_ip_capped(ip):
+            ip = None
+        elif self._pending_by_ip.get(ip, 0) >= per_ip:
             self._refuse("max_pending_upgrades_per_ip", raw)
             return
         try:
@@ -496,8 +499,9 @@ class Host:
             return
         rec = _Conn(Direction.INBOUND, reservation, self.config.limits, remote)
         rec.raw = raw
-        rec.pending_ip = ip
-        self._pending_by_ip[ip] = self._pending_by_ip.get(ip, 0) + 1
+        if ip is not None:
+            rec.pending_ip = ip
+            self._pending_by_ip[ip] = self._pending_by_ip.get(ip, 0) + 1
         try:
             self.spawn(self._inbound_main(rec), name="host-inbound")
         except NodeStateError:

@@ -25,14 +25,17 @@ the event loop thread: no locks, no tasks.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Final
 
 from glueberry.errors import ConfigError, ResourceLimitExceeded
 
 if TYPE_CHECKING:
     from glueberry.wire.identity import PeerId
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: go-libp2p stream reset code for "resource limit exceeded" (core/network/mux.go).
 STREAM_RESOURCE_LIMIT_EXCEEDED: Final = 0x1002
@@ -70,6 +73,10 @@ class Limits:
     """The same, per remote IP address, so that one address flooding half-open connections
     cannot fill :attr:`max_pending_upgrades` for everyone (go-libp2p limits connections per
     IP to 8 the same way)."""
+    per_ip_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Networks not subject to the per-IP cap (go-libp2p exempts loopback too). Addresses
+    that are not IP addresses (the memory transport) are never capped per IP."""
+    _exempt: tuple[IPNetwork, ...] = field(default=(), init=False, repr=False, compare=False)
     max_streams_per_connection: int | None = 1024
     """Open streams per connection, both directions (as the muxer counts them)."""
     max_inbound_streams_per_connection: int | None = 512
@@ -79,9 +86,26 @@ class Limits:
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name in ("per_ip_exempt", "_exempt"):
+                continue
             value = getattr(self, f.name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigError(f"Limits.{f.name} must be a non-negative int or None")
+        try:
+            nets = tuple(ipaddress.ip_network(n) for n in self.per_ip_exempt)
+        except ValueError as exc:
+            raise ConfigError(f"Limits.per_ip_exempt: {exc}") from exc
+        object.__setattr__(self, "_exempt", nets)
+
+    def per_ip_capped(self, host: str) -> bool:
+        """Whether ``host`` (a remote address) is subject to the per-IP caps."""
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return not any(ip.version == n.version and ip in n for n in self._exempt)
 
 
 def _over(limit: int | None, count: int) -> bool:

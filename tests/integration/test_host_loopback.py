@@ -203,7 +203,7 @@ async def test_half_open_flood_does_not_block_other_peers() -> None:
     """B-40 through the host: 30 silent sockets from 127.0.0.1 hold at most 4 upgrade slots
     (the per-IP cap), the rest are closed at once, the 4 at the upgrade deadline; a peer on
     another address (127.0.0.2) is served during the flood."""
-    limits = Limits(max_pending_upgrades=16, max_pending_upgrades_per_ip=4)
+    limits = Limits(max_pending_upgrades=16, max_pending_upgrades_per_ip=4, per_ip_exempt=())
     async with make_host(2, upgrade_timeout=0.5, limits=limits) as hb:
         hb.set_stream_handler(ECHO, echo_handler)
         port = hb.addrs[0].to_socket_address().port

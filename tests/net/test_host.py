@@ -584,3 +584,17 @@ async def test_dialing_own_address_is_refused() -> None:
         with pytest.raises(ConnectError):
             await ha.connect(None, ha.addrs)
         assert not ha.connections()
+
+
+def test_per_ip_cap_exemptions() -> None:
+    lim = Limits()
+    assert not lim.per_ip_capped("127.0.0.1")
+    assert not lim.per_ip_capped("::1")
+    assert not lim.per_ip_capped("::ffff:127.0.0.5")
+    assert not lim.per_ip_capped("memory")
+    assert lim.per_ip_capped("192.0.2.7")
+    assert lim.per_ip_capped("fe80::1%eth0")
+    assert Limits(per_ip_exempt=()).per_ip_capped("127.0.0.1")
+    assert not Limits(per_ip_exempt=("192.0.2.0/24",)).per_ip_capped("192.0.2.7")
+    with pytest.raises(ConfigError):
+        Limits(per_ip_exempt=("not a network",))
