@@ -19,8 +19,10 @@ nothing serves ``/libp2p/circuit/relay/0.2.0/hop`` until a :class:`RelayService`
   on OK both streams become one circuit.
 * The circuit: two copy loops move bytes, each asking a
   :class:`~glueberry.proto.relay.CircuitLimiter` how much it may forward. When the data budget
-  of a direction or the duration is spent, both streams are reset and
-  :class:`~glueberry.nat.events.RelayCircuitLimitReached` is published; the endpoints, which
+  of a direction or the duration is spent, both streams get a FIN right after the last bytes
+  within the budget, then (:data:`LIMIT_RESET_DELAY` later) a reset - resetting at once would
+  make the peers' muxers discard those last bytes - and
+  :class:`~glueberry.nat.events.RelayCircuitLimitReached` is published. The endpoints, which
   know the announced limit, report it to their applications too
   (:mod:`glueberry.transport.circuit`). EOF travels as a half-close; a reset on either side
   resets the other.
@@ -61,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 #: Bytes read from one side of a circuit at once.
 SPLICE_CHUNK: Final = 16 * 1024
+#: Seconds between the FINs that end a circuit at its limit and the resets.
+LIMIT_RESET_DELAY: Final = 1.0
 
 
 class RelayService:
@@ -254,7 +258,16 @@ class RelayService:
                         dst_to_src=moved["dst_to_src"],
                     )
                 )
-        if reason != "closed":
+        if reason in ("data", "duration"):
+            # FIN both ends after the last bytes within the budget (a reset would make the
+            # peers discard them), give them a moment to read, then reset.
+            with contextlib.suppress(GlueberryError, OSError):
+                await hop.close_write()
+                await stop.close_write()
+            await asyncio.sleep(LIMIT_RESET_DELAY)
+            hop.reset()
+            stop.reset()
+        elif reason == "reset":
             hop.reset()
             stop.reset()
         else:

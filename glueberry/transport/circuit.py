@@ -21,11 +21,12 @@ relay only sees ciphertext.
 * Both tasks run in the host's task group (``host.spawn``) and end with the connection.
 
 Limits (circuit-v2 "Limit"; go/rust/js default 2 min and 128 KiB per direction). The relay
-announces them and resets both streams when one is used up. A reset alone would look like a
+announces them and ends the circuit when one is used up. That end alone would look like a
 random failure, and bytes written just before it would vanish without a word. So each end
 enforces the announced limit itself: a write that would carry the connection past the data
-limit is refused and the duration limit has a local timer; in both cases, and when the relay's
-reset comes while a budget is (nearly) spent, the connection ends with
+limit sends only what still fits (what the relay would forward), is refused for the rest,
+and is followed by a FIN; the duration limit has a local timer. In those cases, and when the
+relay ends the stream (EOF or reset) while a budget is spent, the connection ends with
 :class:`~glueberry.errors.ResourceLimitExceeded` (``limit="relay_circuit_data"`` or
 ``"relay_circuit_duration"``, ``remote=True``) as the cause of the
 :class:`~glueberry.errors.ConnectionLost` the layers above see, and the ``on_limit`` callback
@@ -84,6 +85,8 @@ PULL_BUFFER_LIMIT: Final = 256 * 1024
 WRITE_HIGH_WATER: Final = 256 * 1024
 #: A relay reset within this many seconds of the duration limit is taken as that limit.
 DURATION_SLACK: Final = 2.0
+#: Seconds the last bytes of a spent data budget may take to reach the relay.
+FLUSH_GRACE: Final = 2.0
 
 LimitReason = Literal["data", "duration"]
 
@@ -208,6 +211,7 @@ class CircuitConnection:
         # lifecycle
         self._closing = False
         self._finished = False
+        self._reset_when_flushed: ResourceLimitExceeded | None = None
         self._error: BaseException | None = None
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
@@ -224,7 +228,7 @@ class CircuitConnection:
             self._tasks.append(spawn(self._read_loop()))
             self._tasks.append(spawn(self._write_loop()))
         except NodeStateError:
-            self._finish(ConnectionLost("host is closing"), reset=True)
+            self._finish(ConnectionLost("host is closing"), True)
 
     def __repr__(self) -> str:
         return f"<CircuitConnection to {self.remote_multiaddr} via {self.relay}>"
@@ -310,6 +314,11 @@ class CircuitConnection:
                 if self._finished:
                     return
                 if not data:
+                    if self._classify(None) is not None:
+                        # The relay closed the circuit because a budget is spent.
+                        assert self.limit_reached is not None
+                        self._finish(_limit_error(self.limit_reached, self.limit), True)
+                        return
                     self._eof = True
                     if self._receiver is not None:
                         self._receiver.eof_received()
@@ -327,9 +336,9 @@ class CircuitConnection:
                     self._apply_reading()
                     self._wake_reader()
         except (StreamError, TransportError) as exc:
-            self._finish(self._classify(exc), reset=True)
+            self._finish(self._classify(exc) or exc, True)
         except asyncio.CancelledError:
-            self._finish(ConnectionLost("relayed connection cancelled"), reset=True)
+            self._finish(ConnectionLost("relayed connection cancelled"), True)
             raise
 
     # --- writing --------------------------------------------------------------------------
@@ -339,8 +348,10 @@ class CircuitConnection:
 
         Raises:
             ConnectionLost: the connection is closed, failed, or this write would exceed
-                the relay's data limit (the cause is then ``ResourceLimitExceeded``; the
-                connection ends at once, before the relay cuts it).
+                the relay's data limit (the cause is then ``ResourceLimitExceeded``). In the
+                last case the part that still fits is sent - exactly what the relay would
+                forward - so the relay and the far end see the budget spent and report the
+                same cause; then the connection ends.
         """
         if self._closing or self._finished:
             raise ConnectionLost("write on a closed relayed connection") from self._error
@@ -348,10 +359,17 @@ class CircuitConnection:
         if not n:
             return
         if self._enforce and self._data_limit and self.sent + n > self._data_limit:
-            err = self._limit_hit("data")
+            room = self._data_limit - self.sent
+            if room > 0:
+                self._queue(bytes(data[:room]))
+            err = self._limit_hit("data", flush=room > 0)
             raise ConnectionLost("relay circuit data limit reached") from err
+        self._queue(bytes(data))
+
+    def _queue(self, data: bytes) -> None:
+        n = len(data)
         self.sent += n
-        self._outbox.append(bytes(data))
+        self._outbox.append(data)
         self._pending += n
         self._writer_wake.set()
 
@@ -386,9 +404,14 @@ class CircuitConnection:
         try:
             while True:
                 while not self._outbox:
+                    if self._reset_when_flushed is not None:
+                        # The budget is spent: FIN after the last bytes (a reset would
+                        # discard them at the relay). The relay closes; the reader ends.
+                        await stream.close_write()
+                        return
                     if self._closing:
                         await stream.close()
-                        self._finish(None, reset=False)
+                        self._finish(None, False)
                         return
                     self._writer_wake.clear()
                     await self._writer_wake.wait()
@@ -401,15 +424,18 @@ class CircuitConnection:
                 if self._pending <= WRITE_HIGH_WATER:
                     self._wake_drainers()
         except (StreamError, TransportError) as exc:
-            self._finish(self._classify(exc), reset=True)
+            self._finish(self._classify(exc) or exc, True)
         except asyncio.CancelledError:
-            self._finish(ConnectionLost("relayed connection cancelled"), reset=True)
+            self._finish(ConnectionLost("relayed connection cancelled"), True)
             raise
 
     # --- limits -----------------------------------------------------------------------------
 
-    def _limit_hit(self, reason: LimitReason) -> ResourceLimitExceeded:
-        """End the connection because ``reason`` is used up; returns the error."""
+    def _limit_hit(self, reason: LimitReason, *, flush: bool = False) -> ResourceLimitExceeded:
+        """End the connection because ``reason`` is used up; returns the error.
+
+        With ``flush`` the queued bytes go out first (the writer resets after them).
+        """
         err = _limit_error(reason, self.limit)
         if self.limit_reached is None:
             self.limit_reached = reason
@@ -419,11 +445,21 @@ class CircuitConnection:
                     self._on_limit(self, reason)
                 except Exception:
                     logger.exception("circuit limit callback failed")
-        self._finish(err, reset=True)
+        if flush and not self._finished:
+            self._closing = True
+            self._reset_when_flushed = err
+            self._writer_wake.set()
+            # Should the relay never take the last bytes, end anyway.
+            asyncio.get_running_loop().call_later(FLUSH_GRACE, self._finish, err, True)
+        else:
+            self._finish(err, True)
         return err
 
-    def _classify(self, exc: BaseException) -> BaseException:
-        """A failure of the relayed stream: a spent limit, or plain loss."""
+    def _classify(self, exc: BaseException | None) -> ResourceLimitExceeded | None:
+        """Whether the stream ended (EOF, reset) because a budget is spent; ``None`` if not.
+
+        The first time it is, the limit callback runs.
+        """
         if self.limit_reached is not None:
             return _limit_error(self.limit_reached, self.limit)
         reason: LimitReason | None = None
@@ -432,7 +468,7 @@ class CircuitConnection:
         elif self._duration and self._clock() - self.opened_at >= self._duration - DURATION_SLACK:
             reason = "duration"
         if reason is None:
-            return exc
+            return None
         self.limit_reached = reason
         if self._on_limit is not None:
             try:
@@ -451,8 +487,13 @@ class CircuitConnection:
         self._writer_wake.set()
 
     def abort(self) -> None:
-        """Reset the relayed stream at once, dropping queued bytes (idempotent)."""
-        self._finish(None, reset=True)
+        """Reset the relayed stream at once, dropping queued bytes (idempotent).
+
+        Exception: the last bytes within a spent data budget still go out first.
+        """
+        if self._reset_when_flushed is not None:
+            return
+        self._finish(None, True)
 
     def is_closing(self) -> bool:
         return self._closing or self._finished
@@ -460,7 +501,7 @@ class CircuitConnection:
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed_fut)
 
-    def _finish(self, exc: BaseException | None, *, reset: bool) -> None:
+    def _finish(self, exc: BaseException | None, reset: bool) -> None:
         if self._finished:
             return
         self._finished = True
