@@ -195,11 +195,16 @@ class GlueberryQuicConnection(QuicConnection):
         self._gb_consumed.pop(stream_id, None)
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        window = self._gb_stream_window
-        if stream.max_stream_data_local:  # zero only for our own unidirectional streams
+        # aioquic calls this for every stream for every packet it builds: keep the common
+        # case (nothing to announce) to a few attribute reads.
+        limit = stream.max_stream_data_local
+        if limit:  # zero only for our own unidirectional streams
+            window = self._gb_stream_window
             target = self._gb_consumed.get(stream.stream_id, 0) + window
-            if target - stream.max_stream_data_local >= window // 2:
-                stream.max_stream_data_local = target
+            if target - limit >= window // 2:
+                stream.max_stream_data_local = limit = target
+        if stream.max_stream_data_local_sent == limit:
+            return
         receiver = stream.receiver
         seen = receiver.highest_offset
         receiver.highest_offset = 0  # aioquic's doubling rule reads it: keep it quiet

@@ -201,6 +201,7 @@ class QuicStream:
         "_read_waiter",
         "_reset_remote",
         "_rx_finished",
+        "_stop_on_data",
         "_write_state",
         "_write_waiters",
         "_written",
@@ -224,6 +225,7 @@ class QuicStream:
         self._read_state = _OPEN
         self._write_state = _OPEN
         self._rx_finished = False  # aioquic's receive side is over (FIN or reset seen)
+        self._stop_on_data = False  # closed locally: send STOP_SENDING if data still comes
         self._reset_remote = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiters: list[asyncio.Future[None]] = []
@@ -418,16 +420,19 @@ class QuicStream:
         self._conn._forget_if_done(self)
 
     async def close(self) -> None:
-        """Close both directions: FIN, and STOP_SENDING for unread data. Never raises."""
+        """Close both directions: FIN, and stop reading. Never raises.
+
+        Unread and later data is dropped. STOP_SENDING goes out only if the peer sends
+        more after this call: a peer that was about to finish (the usual case: a reply
+        already read, its FIN still in flight) can still close its side cleanly.
+        """
         if self._write_state == _OPEN:
             await self.close_write()
         if self._read_state in (_OPEN, _DONE):
-            was_open = self._read_state == _OPEN
+            self._stop_on_data = self._read_state == _OPEN and not self._rx_finished
             self._read_state = _CLOSED
             self._drop_buffered()
             self._wake_reader()
-            if was_open and not self._rx_finished:
-                self._conn._stop_sending(self, 0)
         self._conn._forget_if_done(self)
 
     def reset(self, code: int = 0) -> None:
@@ -460,6 +465,9 @@ class QuicStream:
             self._wake_reader()
         elif n:  # closed or reset locally: discard, but keep the peer's window open
             self._conn._consumed(self.stream_id, n)
+            if self._stop_on_data and not end:
+                self._stop_on_data = False
+                self._conn._stop_sending(self, 0)
         if end:
             self._rx_finished = True
 
