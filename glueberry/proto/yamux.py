@@ -28,10 +28,12 @@ update is sent: always in ``"eager"`` mode, only when the half window was consum
 RTTs in ``"rtt"`` mode (go's auto-tuning). performance.md: a fixed 256 KiB window halves
 loopback throughput.
 
-*Send path*: frames are appended to one ``bytearray``. Large writes are split into frames of
-``max_frame_payload`` bytes (go and js: 64 KiB including the header); consecutive writes to the
-same stream while its frame is still the last one queued are merged into that frame by
-patching the header's length, so many small writes cost one header.
+*Send path*: frames are queued as a list of chunks (headers and references to the caller's
+immutable payloads) and joined once per :meth:`~YamuxSession.data_to_send`, so a payload is
+copied once. Large writes are split into frames of ``max_frame_payload`` bytes (go and js:
+64 KiB including the header); consecutive writes to the same stream while its frame is still
+the last one queued are merged into that frame by patching the header's length, so many small
+writes cost one header. FIN always goes in its own frame (see :meth:`~YamuxSession.close_stream`).
 
 *Wire quirks accepted* (go-yamux v5): ``WindowUpdate|RST`` carries the reset's error code in
 the length (never added to a window, B-13) and a normal close is just EOF without GoAway.
@@ -159,7 +161,11 @@ class YamuxSession:
         self._next_id = 1 if is_client else 2
         self._streams: dict[int, _Stream] = {}
         self._events: deque[YamuxEvent] = deque()
-        self._out = bytearray()
+        # Outbound frames as chunks (headers, payload references), joined once per
+        # data_to_send(): one copy of the payload in all, and no large buffer regrown and
+        # freed per batch.
+        self._out: list[bytes | bytearray | memoryview] = []
+        self._out_len = 0
         self._terminated = False
         self._local_go_away: int | None = None
         self._remote_go_away: int | None = None
@@ -179,9 +185,10 @@ class YamuxSession:
         # coalesced DataReceived
         self._pend_sid = _NO_STREAM
         self._pend: list[memoryview] = []
-        # send coalescing: the last frame in _out is Data for _tail_sid at _tail_off
+        # send coalescing: the last frame queued is Data for _tail_sid; _tail_hdr is its
+        # header (a bytearray in _out, patched as writes are merged into the frame)
         self._tail_sid = _NO_STREAM
-        self._tail_off = 0
+        self._tail_hdr = bytearray(HEADER_SIZE)
         self._tail_len = 0
         self._max_payload = cfg.max_frame_payload
         # time, pings, keepalive
@@ -246,7 +253,7 @@ class YamuxSession:
     @property
     def bytes_to_send(self) -> int:
         """Size of the outbound buffer (what :meth:`data_to_send` would return)."""
-        return len(self._out)
+        return self._out_len
 
     def has_stream(self, stream_id: int) -> bool:
         return stream_id in self._streams
@@ -290,8 +297,9 @@ class YamuxSession:
         self._pongs_queued = 0
         if not out:
             return b""
-        data = bytes(out)
+        data = b"".join(out)
         out.clear()
+        self._out_len = 0
         return data
 
     def get_timer(self) -> float | None:
@@ -390,6 +398,12 @@ class YamuxSession:
             st = self._writable(stream_id)
             if not st.accepted:
                 self._accept(st)
+        if type(data) is memoryview:
+            if data.itemsize != 1 or not data.c_contiguous:
+                data = memoryview(bytes(data))  # count bytes, not items
+            immutable = type(data.obj) is bytes
+        else:
+            immutable = type(data) is bytes
         n = len(data)
         window = st.send_window
         if n > window:
@@ -397,32 +411,36 @@ class YamuxSession:
             n = window
             if n == 0:
                 return 0
-            data = memoryview(data)[:n]
         elif n == 0:
             return 0
+        if not immutable:
+            data = bytes(memoryview(data)[:n])  # the caller may reuse its buffer afterwards
+        elif n < len(data):
+            data = memoryview(data)[:n]
         st.send_window = window - n
         out = self._out
+        self._out_len += n
         limit = self._max_payload
         off = 0
         if self._tail_sid == stream_id:
-            # Merge into the Data frame that is still the last thing queued.
+            # Merge into the Data frame that is still the last one queued.
             tail = self._tail_len
             if tail + n <= limit:  # the common case: it all fits
-                out += data
+                out.append(data)
                 self._tail_len = tail = tail + n
-                _pack_len(out, self._tail_off + 8, tail)
+                _pack_len(self._tail_hdr, 8, tail)
                 return n
             off = limit - tail
             if off:
-                out += memoryview(data)[:off]
+                out.append(memoryview(data)[:off])
                 self._tail_len = limit
-                _pack_len(out, self._tail_off + 8, limit)
+                _pack_len(self._tail_hdr, 8, limit)
         while off < n:
-            take = n - off
-            take = min(take, limit)
-            self._tail_off = len(out)
-            out += _pack(0, TYPE_DATA, 0, stream_id, take)
-            out += data if take == n else memoryview(data)[off : off + take]
+            take = min(n - off, limit)
+            self._tail_hdr = hdr = bytearray(_pack(0, TYPE_DATA, 0, stream_id, take))
+            out.append(hdr)
+            out.append(data if take == n else memoryview(data)[off : off + take])
+            self._out_len += HEADER_SIZE
             off += take
             self._tail_sid = stream_id
             self._tail_len = take
@@ -809,7 +827,8 @@ class YamuxSession:
         self._queue(TYPE_WINDOW_UPDATE, FLAG_ACK, st.sid, delta)
 
     def _queue(self, ftype: int, flags: int, sid: int, length: int) -> None:
-        self._out += _pack(0, ftype, flags, sid, length)
+        self._out.append(_pack(0, ftype, flags, sid, length))
+        self._out_len += HEADER_SIZE
         self._tail_sid = _NO_STREAM
 
     def _remove(self, st: _Stream) -> None:

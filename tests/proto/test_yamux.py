@@ -761,3 +761,29 @@ def test_unknown_stream_commands() -> None:
     assert not c.is_terminated
     with pytest.raises(LocalProtocolError):
         c.reset_stream(1, code=-1)
+
+
+def test_send_data_copies_mutable_buffers_only() -> None:
+    c = client()
+    sid = c.open_stream()
+    c.data_to_send()
+    buf = bytearray(b"mutable")
+    assert c.send_data(sid, buf) == 7
+    buf[:] = b"changed"
+    assert c.send_data(sid, memoryview(b"-view")) == 5
+    array_view = memoryview(bytearray(8)).cast("I")  # 2 items, 8 bytes
+    assert c.send_data(sid, array_view) == 8
+    assert parse_frames(c.data_to_send()) == [(TYPE_DATA, 0, sid, 20, b"mutable-view" + bytes(8))]
+    assert c.bytes_to_send == 0
+
+
+def test_partial_send_of_a_large_mutable_buffer() -> None:
+    c = client()
+    sid = c.open_stream()
+    c.data_to_send()
+    buf = bytearray(range(256)) * 2048  # 512 KiB
+    assert c.send_data(sid, buf) == INITIAL_STREAM_WINDOW
+    assert c.bytes_to_send == INITIAL_STREAM_WINDOW + 12 * 5
+    buf[:] = bytes(len(buf))
+    body = b"".join(f[4] for f in parse_frames(c.data_to_send()))
+    assert body == (bytearray(range(256)) * 2048)[:INITIAL_STREAM_WINDOW]
