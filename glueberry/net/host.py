@@ -21,9 +21,9 @@ Inbound path. A listener's callback (synchronous, in the accept path) checks the
 reserves an inbound slot (:mod:`glueberry.net.limits`); a refused connection is aborted at
 once and counted in :attr:`Host.refused_inbound`. The upgrade then runs under the 15 s
 deadline (B-40): a flood of half-open connections from one address holds at most
-``max_pending_upgrades_per_ip`` slots, and never more than ``max_pending_upgrades`` overall.
-Once the peer is authenticated, ``allow_secured`` and the per-peer
-limit run before any muxer byte is read.
+``max_pending_upgrades_per_ip`` slots (loopback is exempt, as in go-libp2p), and never more
+than ``max_pending_upgrades`` overall. Once the peer is authenticated, ``allow_secured`` and
+the per-peer limit run before any muxer byte is read; a connection to ourselves is refused.
 
 Outbound path. :meth:`Host.connect` reuses a live connection to the peer if there is one;
 otherwise concurrent calls for one peer share one dial (go's dial sync). The dial tries the
@@ -34,8 +34,9 @@ go cancels it, so nothing half-open outlives its callers.
 Streams. :meth:`Host.new_stream` opens a yamux stream and runs multistream-select as dialer.
 An inbound stream is negotiated as listener against the registered handlers (10 s deadline,
 at most ``max_negotiating_streams`` at once per connection; over the limits it is reset with
-go's code 0x1002), then handed to its handler in the connection's task group. The handler
-owns the stream: the host does not close it when the handler returns.
+go's code 0x1002), then handed to its handler in the connection's task group. Bytes the
+other side pipelined behind the negotiation are served first by the stream (B-08). The
+handler owns the stream: the host does not close it when the handler returns.
 
 Simultaneous dials (both peers dial each other at once). Both connections are kept, as
 go-libp2p does: neither side sees a failure. To converge, :meth:`Host.connection_for` (used
