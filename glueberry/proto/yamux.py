@@ -118,6 +118,7 @@ class _Stream:
         "send_blocked",
         "send_window",
         "sid",
+        "writable",
     )
 
     def __init__(self, sid: int, inbound: bool, recv_window: int, now: float) -> None:
@@ -126,6 +127,7 @@ class _Stream:
         self.accepted = not inbound  # inbound: ACK sent?
         self.acked = inbound  # outbound: ACK received?
         self.local_fin = False
+        self.writable = not inbound  # accepted and not local_fin: the send fast path
         self.remote_fin = False
         self.send_window = INITIAL_STREAM_WINDOW
         self.send_blocked = False
@@ -394,7 +396,23 @@ class YamuxSession:
             LocalProtocolError: unknown or reset stream, or already half-closed (FIN).
         """
         st = self._streams.get(stream_id)
-        if st is None or st.local_fin or not st.accepted or self._terminated:
+        if st is not None and st.writable and type(data) is bytes and self._tail_sid == stream_id:
+            # Fast path: a small write merged into the stream's frame that is still last.
+            n = len(data)
+            tail = self._tail_len + n
+            if 0 < n <= st.send_window and tail <= self._max_payload:
+                st.send_window -= n
+                self._out.append(data)
+                self._out_len += n
+                self._tail_len = tail
+                _pack_len(self._tail_hdr, 8, tail)
+                return n
+        return self._send_data(st, stream_id, data)
+
+    def _send_data(
+        self, st: _Stream | None, stream_id: int, data: bytes | bytearray | memoryview
+    ) -> int:
+        if st is None or not st.writable:
             st = self._writable(stream_id)
             if not st.accepted:
                 self._accept(st)
@@ -455,6 +473,7 @@ class YamuxSession:
         if not st.accepted:
             self._accept(st)
         st.local_fin = True
+        st.writable = False
         # FIN always travels in its own WindowUpdate frame, never piggy-backed on the last
         # Data frame: the spec allows Data|FIN, but go-yamux applies the FIN flag before it
         # buffers that frame's body, so a go reader that is already waiting sees EOF and
@@ -821,6 +840,7 @@ class YamuxSession:
 
     def _accept(self, st: _Stream) -> None:
         st.accepted = True
+        st.writable = not st.local_fin
         self._unaccepted -= 1
         delta = max(st.recv_window - st.recv_credit - st.recv_buffered, 0)
         st.recv_credit += delta
