@@ -34,6 +34,7 @@ Receiver callbacks arrive as ``data_received* [eof_received] connection_lost``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -401,7 +402,10 @@ class YamuxConnection:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._secure = secure
-        self._config = cfg = config or YamuxConfig()
+        # Every inbound stream goes to on_stream at once, so the session acknowledges it as
+        # its SYN arrives: a burst of SYNs in one read is bounded by max_inbound_streams,
+        # not by the accept backlog of streams nobody has looked at yet.
+        self._config = cfg = dataclasses.replace(config or YamuxConfig(), auto_accept=True)
         self._session = YamuxSession(is_client, cfg, now=self._loop.time())
         self._on_stream = on_stream
         self._streams: dict[int, YamuxStream] = {}
@@ -610,7 +614,6 @@ class YamuxConnection:
             return
         stream = YamuxStream(self, sid)
         self._streams[sid] = stream
-        session.accept_stream(sid)
         try:
             self._on_stream(stream)
         except Exception:  # the application's callback must not break the receive path

@@ -784,6 +784,8 @@ class YamuxSession:
         self._num_inbound += 1
         self._unaccepted += 1
         self._emit(StreamOpened(stream_id=sid))
+        if cfg.auto_accept:
+            self._accept(st)
         return st
 
     def _check_unknown(self, sid: int) -> None:

@@ -42,6 +42,10 @@ class YamuxConfig:
     """Concurrent streams we may open (js default); enforced through :attr:`can_open_stream`."""
     accept_backlog: int = 256
     """Inbound streams not yet accepted locally; further SYNs are reset (spec: >= 256)."""
+    auto_accept: bool = False
+    """Acknowledge inbound streams as their SYN arrives (the driver hands every stream to
+    the application at once, as go's Accept loop does); ``accept_backlog`` then never fills
+    and ``max_inbound_streams`` is the bound."""
     ack_backlog: int = 256
     """Outbound streams the peer has not acknowledged; the driver waits beyond (spec)."""
     keepalive_interval: float | None = 30.0

@@ -500,3 +500,18 @@ async def test_peer_session_sees_a_clean_stream_lifecycle() -> None:
     await conn.close()
     await asyncio.sleep(0.01)
     assert isinstance(peer.events[-1], ConnectionTerminated)
+
+
+async def test_b15_syn_flood_is_bounded_by_max_inbound_streams() -> None:
+    accepted: list[YamuxStream] = []
+    conn, peer = raw_pair(on_stream=accepted.append)
+    peer.send(b"".join(window(2 * i + 2, 0, FLAG_SYN) for i in range(10_000)))
+    await until(lambda: len(peer.raw) >= 10_000 * 12)  # an ACK or a RST for each SYN
+    assert sum(f[1] == FLAG_RST for f in peer.frames()) == 9_000
+    assert len(accepted) == 1000
+    assert conn.session.num_inbound_streams == 1000
+    assert not conn.is_closed
+    # the accepted streams work
+    peer.send(frame(0, 0, accepted[-1].stream_id, 2, b"ok"))
+    assert await accepted[-1].read() == b"ok"
+    await conn.close()

@@ -787,3 +787,12 @@ def test_partial_send_of_a_large_mutable_buffer() -> None:
     buf[:] = bytes(len(buf))
     body = b"".join(f[4] for f in parse_frames(c.data_to_send()))
     assert body == (bytearray(range(256)) * 2048)[:INITIAL_STREAM_WINDOW]
+
+
+def test_auto_accept_acks_at_once_and_bounds_by_max_inbound(bytewise: bool) -> None:
+    s = YamuxSession(False, YamuxConfig(auto_accept=True, max_inbound_streams=300), now=0.0)
+    buf = b"".join(window(2 * i + 1, 0, FLAG_SYN) for i in range(400))
+    opened = [e for e in feed(s, buf, bytewise=bytewise) if isinstance(e, StreamOpened)]
+    assert len(opened) == 300
+    frames = parse_frames(s.data_to_send())
+    assert [f[1] for f in frames] == [FLAG_ACK] * 300 + [FLAG_RST] * 100
