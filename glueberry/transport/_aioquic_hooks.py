@@ -46,6 +46,7 @@ by the guard tests too.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Final
 
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from glueberry.wire.tlscert import LocalCertificate
 
 #: aioquic releases these hooks were verified against (see docs/quic-tls.md).
-VERIFIED_AIOQUIC: Final = ">=1.7.2,<1.8"
+VERIFIED_AIOQUIC: Final = ">=1.7,<1.8"
 #: The hooks, by name; each has one guard test.
 HOOKS: Final = (
     "request-client-certificate",
@@ -84,6 +85,22 @@ def _check_aioquic() -> None:
 
 
 _check_aioquic()
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+if not (1, 7) <= _version_tuple(aioquic.__version__) < (1, 8):
+    logging.getLogger(__name__).warning(
+        "aioquic %s is outside the verified range %s; run tests/transport/test_quic_hooks.py",
+        aioquic.__version__,
+        VERIFIED_AIOQUIC,
+    )
 
 
 def make_configuration(

@@ -548,3 +548,38 @@ def test_config_validation() -> None:
         QuicConfig(max_datagram_size=1000)
     with pytest.raises(ConfigError):
         QuicConfig(keepalive_interval=0)
+
+
+async def test_accept_filter_and_raw_datagrams(client: QuicTransport) -> None:
+    srv = Server(QuicConfig(handshake_timeout=0.4))
+    seen: list[tuple[str, int]] = []
+
+    def accept(addr: tuple[str, int]) -> bool:
+        seen.append(addr)
+        return False
+
+    lst = await srv.transport.listen(LISTEN, srv._on_connection, accept=accept)
+    try:
+        cli = QuicTransport(CLIENT_KEY, QuicConfig(handshake_timeout=0.4))
+        try:
+            with pytest.raises(HandshakeTimeout):
+                await cli.dial(lst.multiaddrs[0])
+            assert seen and seen[0][0] == "127.0.0.1"
+            assert lst.endpoint.dropped.get("refused", 0) >= 1
+            assert srv.connections == []
+        finally:
+            cli.close()
+        # send_datagram: hole-punching packets leave from the listening port.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        probe.setblocking(False)
+        try:
+            lst.endpoint.send_datagram(b"punch", probe.getsockname())
+            data, addr = await asyncio.wait_for(
+                asyncio.get_running_loop().sock_recvfrom(probe, 100), 2
+            )
+            assert data == b"punch" and addr[1] == lst.endpoint.local_address[1]
+        finally:
+            probe.close()
+    finally:
+        await srv.close()
