@@ -583,3 +583,28 @@ async def test_accept_filter_and_raw_datagrams(client: QuicTransport) -> None:
             probe.close()
     finally:
         await srv.close()
+
+
+async def test_incoming_stream_limit(client: QuicTransport) -> None:
+    """B-33: at most ``max_incoming_streams`` peer streams at once; more wait for credit."""
+    srv = Server(QuicConfig(max_incoming_streams=4))
+    addr = await srv.start()
+    try:
+        conn = await client.dial(addr, SERVER_KEY.peer_id)
+        streams = [await conn.open_stream() for _ in range(10)]
+        for s in streams:
+            await s.write(b"x")
+        await asyncio.sleep(0.3)
+        inbound = srv.connections[0]
+        assert len(inbound.streams) == 4
+        # Finishing the first four lets the others in.
+        for s in streams[:4]:
+            await s.close_write()
+            assert await s.read() == b"x"
+            assert await s.read() == b""
+        async with asyncio.timeout(5):
+            for s in streams[4:]:
+                await s.close_write()
+                assert await s.readexactly(1) == b"x"
+    finally:
+        await srv.close()

@@ -73,6 +73,16 @@ class Pair:
             if not moved:
                 return
 
+    def expire(self, seconds: float = 10.0) -> None:
+        """Let time pass: closing and draining periods end, their events come out."""
+        self.now += seconds
+        for name, conn in (("client", self.client), ("server", self.server)):
+            if conn is None:
+                continue
+            conn.handle_timer(self.now)
+            while (ev := conn.next_event()) is not None:
+                self.events[name].append(ev)
+
     def received(self, side: str, stream_id: int | None = None) -> int:
         return sum(
             len(e.data)
@@ -208,3 +218,22 @@ def test_overridden_methods_exist(name: str) -> None:
     from aioquic.quic.connection import QuicConnection
 
     assert callable(getattr(QuicConnection, name))
+
+
+def test_peer_ignoring_the_window_is_closed() -> None:
+    """B-33: a peer that sends past the credit we granted gets FLOW_CONTROL_ERROR; nothing
+    beyond the window is ever buffered."""
+    pair = Pair()
+    pair.pump()
+    assert pair.server is not None
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, b"")
+    # A hostile client: pretend the server granted four windows.
+    pair.client._streams[sid].max_stream_data_remote = 4 * WINDOW
+    pair.client._remote_max_data = 16 * WINDOW
+    pair.client.send_stream_data(sid, bytes(4 * WINDOW))
+    pair.pump(400)
+    pair.expire()
+    ends = [e for e in pair.events["server"] if isinstance(e, events.ConnectionTerminated)]
+    assert ends and ends[0].error_code == 0x3  # FLOW_CONTROL_ERROR
+    assert pair.received("server", sid) <= WINDOW
