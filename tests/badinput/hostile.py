@@ -95,6 +95,7 @@ class Hostile:
         self._plain = bytearray()  # decrypted bytes not yet parsed as frames
         self._eof = False
         self._pending = b""  # raw bytes read past a negotiation
+        self._eof_sent = False
         #: Every frame read so far, in order.
         self.frames: list[Frame] = []
         #: Reset streams the target opens towards us (identify), instead of ignoring them.
@@ -108,8 +109,13 @@ class Hostile:
         return cls(reader, writer)
 
     def write(self, data: bytes) -> None:
-        if not self.writer.is_closing():
+        if not self.writer.is_closing() and not self._eof_sent:
             self.writer.write(data)
+
+    def write_eof(self) -> None:
+        """Half-close our side (TCP FIN); later writes are dropped."""
+        self._eof_sent = True
+        self.writer.write_eof()
 
     async def drain(self) -> None:
         with contextlib.suppress(ConnectionError):
@@ -327,9 +333,7 @@ class Hostile:
 
     async def wait_reset(self, sid: int, within: float = 3.0) -> Frame:
         """The RST the target sends on ``sid``."""
-        frames = await self.read_frames(
-            lambda f: f.sid == sid and bool(f.flags & FLAG_RST), within
-        )
+        frames = await self.read_frames(lambda f: f.sid == sid and bool(f.flags & FLAG_RST), within)
         last = frames[-1] if frames else None
         assert last is not None and last.sid == sid and last.flags & FLAG_RST, frames[-5:]
         return last
