@@ -231,6 +231,7 @@ class HolePunchService:
             reason = event.reason if isinstance(event, d.HolePunchFailed) else "no punch"
             return AttemptResult(ok=False, role="initiator", reason=reason)
         addrs = self._tcp_addrs(event.remote_addrs)
+        logger.debug("dcutr with %s: rtt %.3f s, punching %s as server", peer, event.rtt, addrs)
         conn = await self._punch(peer, addrs, server=True)
         return AttemptResult(
             ok=conn is not None,
@@ -278,6 +279,7 @@ class HolePunchService:
             self._report(peer, AttemptResult(ok=False, role="responder", reason=reason))
             return
         addrs = self._tcp_addrs(event.remote_addrs)
+        logger.debug("dcutr from %s: SYNC, punching %s as client", peer, addrs)
         direct = await self._punch(peer, addrs, server=False)
         self._report(
             peer,

@@ -85,7 +85,7 @@ from glueberry.nat.relay_service import RelayService
 from glueberry.net.services import IdentifyService
 from glueberry.proto.relay import RelayLimits
 from glueberry.transport.circuit import CircuitConnection, CircuitTransport, LimitReason
-from glueberry.transport.tcp_reuse import ReuseportTcpTransport
+from glueberry.transport.tcp_reuse import ReuseportTcpTransport, ephemeral_dials
 from glueberry.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
@@ -497,8 +497,11 @@ class NatManager:
     async def _dial_direct(self, peer: PeerId, addrs: tuple[bytes, ...]) -> None:
         mas = [Multiaddr(a) for a in addrs]
         try:
+            # From an ephemeral port: a failed SYN from the listen port would leave NAT state
+            # that breaks the punch on the same port pair (see tcp_reuse.ephemeral_dials).
             async with asyncio.timeout(self.config.direct_dial_timeout):
-                conn = await self.host.connect(None, mas)
+                with ephemeral_dials():
+                    conn = await self.host.connect(None, mas)
         except (GlueberryError, OSError, TimeoutError) as exc:
             logger.debug("direct dial to %s failed: %r", peer, exc)
             conn = None

@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from glueberry.errors import ConnectError, ConnectTimeout
@@ -57,6 +58,27 @@ logger = logging.getLogger(__name__)
 _FALLBACK_ERRNOS: Final = frozenset(
     {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EINVAL, errno.ENETUNREACH, errno.EHOSTUNREACH}
 )
+
+
+#: Inside :func:`ephemeral_dials`, dials use an ephemeral port (see there).
+_EPHEMERAL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "glueberry_tcp_ephemeral_dials", default=False
+)
+
+
+@contextlib.contextmanager
+def ephemeral_dials() -> Iterator[None]:
+    """Dials started inside this block (and tasks it starts) use an ephemeral source port.
+
+    For a probe that must not touch the listen port's NAT mappings - DCUtR's "try a direct
+    dial first": a failed SYN from the listen port leaves a conntrack entry for exactly the
+    4-tuple the hole punch needs, and a NAT may then drop the punch's handshake.
+    """
+    token = _EPHEMERAL.set(True)
+    try:
+        yield
+    finally:
+        _EPHEMERAL.reset(token)
 
 
 def reuseport_supported() -> bool:
@@ -217,7 +239,7 @@ class ReuseportTcpTransport(TcpTransport):
             ConnectError, ConnectTimeout: the connect failed or timed out.
         """
         sa = addr.to_socket_address()
-        if not self.reuse_port or sa.family not in ("ip4", "ip6"):
+        if not self.reuse_port or sa.family not in ("ip4", "ip6") or _EPHEMERAL.get():
             return await super().dial(addr, timeout=timeout)
         family = socket.AF_INET6 if sa.family == "ip6" else socket.AF_INET
         local = self.listen_port(family)
@@ -323,5 +345,6 @@ __all__ = [
     "ReuseportListener",
     "ReuseportTcpTransport",
     "dial_ephemeral",
+    "ephemeral_dials",
     "reuseport_supported",
 ]
