@@ -19,6 +19,13 @@ message). It implements :class:`glueberry.transport.base.RawConnection` in two m
 
 Writes never block; ``await drain()`` waits while the transport is above its write high-water
 mark (``pause_writing``/``resume_writing``), which is how backpressure reaches the socket.
+Not every write can wait, though: protocol replies (yamux ACK/RST for a peer's SYNs, ping
+replies, window updates) are written from the receive path. A peer that sends such frames
+but never reads would make those replies pile up in our buffer without bound, so while the
+buffer is over its high-water mark the connection must keep *moving* bytes to the kernel:
+if the peer acknowledges none of our bytes for :data:`WRITE_STALL_TIMEOUT` seconds (go-yamux's
+``ConnectionWriteTimeout``), the connection is aborted and its owner sees
+:class:`~glueberry.errors.ConnectionLost` (bad-input list B-15/B-16, a peer that never reads).
 
 Protocol callback order (asyncio's): ``connection_made -> data_received* -> eof_received? ->
 connection_lost``. On EOF the transport is closed (queued writes are flushed first): libp2p
@@ -35,8 +42,11 @@ import asyncio
 import collections
 import contextlib
 import errno
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -53,8 +63,21 @@ PULL_BUFFER_LIMIT: Final = 256 * 1024
 #: Transport write buffer high-water mark; ``drain()`` waits above it.
 WRITE_HIGH_WATER: Final = 1024 * 1024
 WRITE_LOW_WATER: Final = 256 * 1024
+#: Abort when no queued byte reaches the kernel for this long while over the high-water mark.
+WRITE_STALL_TIMEOUT: Final = 10.0
 
 ConnectionCallback = Callable[["TcpConnection"], None]
+
+
+def _kernel_unacked(transport: asyncio.Transport) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged (Linux ``TIOCOUTQ``;
+    0 where it is not available)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", out)[0])
 
 
 def _addr2(addr: object) -> tuple[str, int]:
@@ -71,6 +94,8 @@ class TcpConnection(asyncio.Protocol):
     """
 
     transport_name = "tcp"
+    #: See :data:`WRITE_STALL_TIMEOUT`; ``None`` disables the check.
+    write_stall_timeout: float | None = WRITE_STALL_TIMEOUT
 
     def __init__(self, on_made: ConnectionCallback | None = None) -> None:
         self._on_made = on_made
@@ -88,6 +113,10 @@ class TcpConnection(asyncio.Protocol):
         self._pull_paused = False
         self._write_paused = False
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._written = 0  # bytes handed to the transport, ever
+        self._stall_sent = 0  # bytes that had left the buffer at the last stall check
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stalled = False
         # lifecycle
         self._lost = False
         self._lost_exc: BaseException | None = None
@@ -137,6 +166,9 @@ class TcpConnection(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        self._cancel_stall_timer()
+        if exc is None and self._stalled:
+            exc = ConnectionLost("the peer stopped reading: our writes stalled")
         self._lost_exc = exc
         self._transport = None
         self._wake_reader()
@@ -151,9 +183,15 @@ class TcpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        transport = self._transport
+        timeout = self.write_stall_timeout
+        if transport is not None and timeout is not None and self._stall_timer is None:
+            self._stall_sent = self._delivered(transport)
+            self._stall_timer = asyncio.get_running_loop().call_later(timeout, self._check_stall)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._cancel_stall_timer()
         while self._drain_waiters:
             fut = self._drain_waiters.popleft()
             if not fut.done():
@@ -205,6 +243,7 @@ class TcpConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             raise ConnectionLost("write on a closed TCP connection")
         transport.write(data)
+        self._written += len(data)
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is above its high-water mark.
@@ -273,6 +312,37 @@ class TcpConnection(asyncio.Protocol):
         await asyncio.shield(self._closed_fut)
 
     # --- internals ------------------------------------------------------------------------
+
+    def _check_stall(self) -> None:
+        """Timer while over the high-water mark: abort if no byte left the buffer since the
+        last check (the peer reads nothing), else check again later."""
+        self._stall_timer = None
+        transport = self._transport
+        timeout = self.write_stall_timeout
+        if transport is None or not self._write_paused or timeout is None:
+            return
+        sent = self._delivered(transport)
+        if sent > self._stall_sent:
+            self._stall_sent = sent
+            self._stall_timer = asyncio.get_running_loop().call_later(timeout, self._check_stall)
+            return
+        logger.warning(
+            "TCP peer %s acknowledged none of %d queued bytes for %.3g s: aborting",
+            self.remote_address,
+            self._written - sent,
+            timeout,
+        )
+        self._stalled = True
+        transport.abort()
+
+    def _delivered(self, transport: asyncio.Transport) -> int:
+        """Bytes written so far that the peer's TCP stack acknowledged."""
+        return self._written - transport.get_write_buffer_size() - _kernel_unacked(transport)
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def _wake_reader(self) -> None:
         fut = self._read_waiter
