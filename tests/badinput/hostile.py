@@ -298,6 +298,16 @@ class Hostile:
                 except EOFError:
                     return got
 
+    async def wait_for(self, cond: Callable[[], bool], within: float = 3.0) -> None:
+        """Read frames until ``cond()`` (checked first on what was read already)."""
+        if not cond():
+            await self.read_frames(lambda f: cond(), within)
+            assert cond()
+
+    def stream_data(self, sid: int) -> bytes:
+        """Every Data byte the target sent on ``sid`` so far."""
+        return b"".join(f.body for f in self.frames if f.sid == sid and f.type == TYPE_DATA)
+
     async def closed_with(self, within: float = 3.0) -> list[Frame]:
         """Frames until the target closes (fails if it does not in ``within`` s)."""
         return await self.read_frames(None, within)
