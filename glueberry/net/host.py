@@ -737,7 +737,12 @@ class Host:
         timeout = min(self.config.dial_address_timeout, remaining)
         try:
             async with asyncio.timeout(timeout):
-                rec.raw = await rec.transport.dial(addr.without_p2p(), timeout=timeout)
+                dial_addr = addr.without_p2p()
+                if dial_addr.is_relayed and peer_id is not None:
+                    # A relayed address keeps its destination: the circuit transport
+                    # CONNECTs to that peer through the relay.
+                    dial_addr = dial_addr.with_p2p(peer_id)
+                rec.raw = await rec.transport.dial(dial_addr, timeout=timeout)
                 muxed = await self.upgrader.upgrade_outbound(
                     rec.raw,
                     expected_peer=peer_id,

@@ -119,6 +119,15 @@ async def test_reserve_then_dial_through_the_relay(make_net) -> None:  # type: i
     assert net.service.stats["circuits"] == 1 and net.service.stats["reservations"] == 1
 
 
+async def test_plain_connect_with_a_circuit_address(make_net) -> None:  # type: ignore[no-untyped-def]
+    """``host.connect`` alone (no ``dial_target``): the host keeps the destination."""
+    net: Net = await make_net()
+    target = await reserve_and_listen(net)
+    conn = await net.b.host.connect(None, [target])
+    assert conn.transport_name == "circuit" and conn.remote_peer == net.a.host.peer_id
+    await echo_pattern(await net.b.host.new_stream(net.a.host.peer_id, [ECHO_PROTOCOL]), 100)
+
+
 async def test_dial_without_reservation_is_refused(make_net) -> None:  # type: ignore[no-untyped-def]
     net: Net = await make_net()
     await net.a.host.connect(net.relay.host.peer_id, [net.relay_addr])
