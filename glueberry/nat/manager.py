@@ -142,6 +142,8 @@ class NatConfig:
     relay_retry_interval: float = 30.0
     """How often to reconnect to configured relays that are not connected."""
     autonat_boot_delay: float = 15.0
+    autonat_dial_timeout: float = 10.0
+    """Seconds our AutoNAT server spends dialing a requester back."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -149,6 +151,7 @@ class NatConfig:
             "punch_timeout",
             "identify_timeout",
             "relay_retry_interval",
+            "autonat_dial_timeout",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"NatConfig.{name} must be > 0")
@@ -295,7 +298,9 @@ class NatManager:
                 on_punched=self._on_punched,
             )
         if cfg.enable_autonat:
-            self.autonat = AutoNATService(host, allow_private=cfg.allow_private_addrs)
+            self.autonat = AutoNATService(
+                host, allow_private=cfg.allow_private_addrs, dial_timeout=cfg.autonat_dial_timeout
+            )
         self._remove_listener = host.add_connection_listener(
             self._on_connected, self._on_disconnected
         )
@@ -572,7 +577,8 @@ class NatManager:
             )
         )
 
-    def _candidate_addrs(self) -> list[Multiaddr]:
+    def candidate_addrs(self) -> list[Multiaddr]:
+        """Our direct TCP addresses worth testing/offering (public unless private allowed)."""
         out: list[Multiaddr] = []
         for a in self.host.addrs:
             if a.is_relayed or a.is_loopback or a.is_unspecified or a.transport_kind() != "tcp":
@@ -586,7 +592,7 @@ class NatManager:
         assert self.autonat is not None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        addrs = self._candidate_addrs()
+        addrs = self.candidate_addrs()
         servers = [
             c.remote_peer
             for c in self.host.connections()

@@ -16,6 +16,7 @@ input line with one JSON line (``{"ok": true, ...}`` or ``{"ok": false, "error":
 ``{"cmd": "connect", "addr": A,               dial (relayed addresses work too)
 "timeout": s}``
 ``{"cmd": "disconnect", "peer": P}``          close every connection to P
+``{"cmd": "probe", "server": P}``             AutoNAT v1: can P dial our addresses back?
 ``{"cmd": "conns", "peer": P}``               live connections to P
 ``{"cmd": "echo", "peer": P, "size": n}``     /echo/1.0.0 round trip of n pattern bytes
 ``{"cmd": "sink", "peer": P, "size": n}``     /glueberry-test/sink/1.0.0 upload of n bytes
@@ -180,6 +181,12 @@ class Peer:
                     if conns and "circuit" not in kinds:
                         return {"conns": conns, "seconds": round(time.monotonic() - t, 3)}
                     await asyncio.sleep(0.02)
+        if cmd == "probe":
+            assert self.nat.autonat is not None
+            server = PeerId.from_string(req["server"])
+            addrs = self.nat.candidate_addrs()
+            verdict = await self.nat.autonat.probe(server, addrs)
+            return {"reachable": verdict, "addrs": [str(a) for a in addrs]}
         if cmd == "disconnect":
             assert peer is not None
             for conn in self.host.connections(peer):
