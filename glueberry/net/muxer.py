@@ -246,26 +246,36 @@ class YamuxStream:
             StreamClosed: this side was closed (``close_write`` / ``close``).
             StreamReset: the stream was reset.
         """
-        if self._write_state != _OPEN:
+        if self._write_state:  # not _OPEN
             raise self._write_error()
-        n = len(data)
-        if not n:
-            return
+        conn = self._conn
+        session = conn._session
+        sent = session.send_data(self.stream_id, data)
+        if session.bytes_to_send >= FLUSH_THRESHOLD:
+            conn._flush()
+        elif not conn._flush_scheduled:
+            conn._flush_scheduled = True
+            conn._loop.call_soon(conn._scheduled_flush)
+        if sent != (len(data) if type(data) is not memoryview else data.nbytes):
+            await self._write_rest(data, sent)
+        if conn._since_drain >= DRAIN_INTERVAL:
+            await conn._drain()
+
+    async def _write_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
+        """The part of a write beyond the send window: wait for credit, send, repeat."""
         conn = self._conn
         session = conn._session
         sid = self.stream_id
-        sent = session.send_data(sid, data)
-        conn._want_flush()
-        if sent < n:
-            view = memoryview(data)
-            while sent < n:
-                await self._wait_window()
-                if self._write_state != _OPEN:
-                    raise self._write_error()
-                sent += session.send_data(sid, view[sent:])
-                conn._want_flush()
-        if conn._since_drain >= DRAIN_INTERVAL:
-            await conn._drain()
+        view = memoryview(data)
+        if view.itemsize != 1 or not view.c_contiguous:
+            view = memoryview(bytes(view))  # slice by bytes, not items
+        n = view.nbytes
+        while sent < n:
+            await self._wait_window()
+            if self._write_state != _OPEN:
+                raise self._write_error()
+            sent += session.send_data(sid, view[sent:])
+            conn._want_flush()
 
     async def _wait_window(self) -> None:
         conn = self._conn

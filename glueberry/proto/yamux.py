@@ -167,7 +167,8 @@ class YamuxSession:
         # data_to_send(): one copy of the payload in all, and no large buffer regrown and
         # freed per batch.
         self._out: list[bytes | bytearray | memoryview] = []
-        self._out_len = 0
+        #: Size of the outbound queue (what :meth:`data_to_send` would return); read-only.
+        self.bytes_to_send = 0
         self._terminated = False
         self._local_go_away: int | None = None
         self._remote_go_away: int | None = None
@@ -252,11 +253,6 @@ class YamuxSession:
     def remote_go_away(self) -> int | None:
         return self._remote_go_away
 
-    @property
-    def bytes_to_send(self) -> int:
-        """Size of the outbound buffer (what :meth:`data_to_send` would return)."""
-        return self._out_len
-
     def has_stream(self, stream_id: int) -> bool:
         return stream_id in self._streams
 
@@ -301,7 +297,7 @@ class YamuxSession:
             return b""
         data = b"".join(out)
         out.clear()
-        self._out_len = 0
+        self.bytes_to_send = 0
         return data
 
     def get_timer(self) -> float | None:
@@ -403,7 +399,7 @@ class YamuxSession:
             if 0 < n <= st.send_window and tail <= self._max_payload:
                 st.send_window -= n
                 self._out.append(data)
-                self._out_len += n
+                self.bytes_to_send += n
                 self._tail_len = tail
                 _pack_len(self._tail_hdr, 8, tail)
                 return n
@@ -437,7 +433,7 @@ class YamuxSession:
             data = memoryview(data)[:n]
         st.send_window = window - n
         out = self._out
-        self._out_len += n
+        self.bytes_to_send += n
         limit = self._max_payload
         off = 0
         if self._tail_sid == stream_id:
@@ -458,7 +454,7 @@ class YamuxSession:
             self._tail_hdr = hdr = bytearray(_pack(0, TYPE_DATA, 0, stream_id, take))
             out.append(hdr)
             out.append(data if take == n else memoryview(data)[off : off + take])
-            self._out_len += HEADER_SIZE
+            self.bytes_to_send += HEADER_SIZE
             off += take
             self._tail_sid = stream_id
             self._tail_len = take
@@ -850,7 +846,7 @@ class YamuxSession:
 
     def _queue(self, ftype: int, flags: int, sid: int, length: int) -> None:
         self._out.append(_pack(0, ftype, flags, sid, length))
-        self._out_len += HEADER_SIZE
+        self.bytes_to_send += HEADER_SIZE
         self._tail_sid = _NO_STREAM
 
     def _remove(self, st: _Stream) -> None:

@@ -515,3 +515,23 @@ async def test_b15_syn_flood_is_bounded_by_max_inbound_streams() -> None:
     peer.send(frame(0, 0, accepted[-1].stream_id, 2, b"ok"))
     assert await accepted[-1].read() == b"ok"
     await conn.close()
+
+
+async def test_write_accepts_any_bytes_like_beyond_the_window() -> None:
+    async with yamux_harness() as h:
+        local, remote = await h.open()
+        payload = bytearray(range(256)) * 4096  # 1 MiB, more than the initial window
+        as_ints = memoryview(bytes(payload)).cast("I")
+        writer = asyncio.create_task(local.write(as_ints))
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await remote.read()
+        await writer
+        assert got == payload
+        mutable = bytearray(b"x" * 300_000)
+        writer = asyncio.create_task(local.write(mutable))
+        got.clear()
+        while len(got) < 300_000:
+            got += await remote.read()
+        await writer
+        assert got == b"x" * 300_000
