@@ -476,7 +476,7 @@ async def test_b30_plaintext_only_is_refused(
 ) -> None:
     h = await target.attacker()
     with pytest.raises(NegotiationFailed):
-        await h.select("/plaintext/2.0.0", "/secio/1.0.0", "/tls/1.0.0")
+        await h.select("/plaintext/2.0.0", "/plaintext/1.0.0", "/secio/1.0.0")
     # the host waits for another proposal until its deadline; nothing was downgraded
     assert not target.host.connections()
     await h.aclose()
