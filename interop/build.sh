@@ -21,7 +21,7 @@ nodev="$(node -p 'process.versions.node')"
 
 # --- Go peers: rebuild when a source file, go.mod/go.sum or the Go version changed
 cd "$here/go"
-bins=(peer gbpeer)
+bins=(peer gbpeer natpeer)
 pkgs=()
 for b in "${bins[@]}"; do [ -d "$b" ] && pkgs+=("./$b"); done
 sum="$( { echo "$gov"; find . -path ./bin -prune -o -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -d' ' -f1)"

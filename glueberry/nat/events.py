@@ -40,6 +40,8 @@ class ReservationObtained(NatEvent):
     """Our relayed addresses through this relay (``…/p2p-circuit``)."""
     limit: pb.Limit | None
     """Limits of circuits through this relay (``None``: unlimited)."""
+    voucher_verified: bool = False
+    """The relay sent a reservation voucher and it verified (vouchers are advisory)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -566,7 +566,13 @@ class NatManager:
             self._execute(self.autorelay.on_reservation_failed(relay, time.time()))
             return
         self._emit(
-            ReservationObtained(relay=relay, expire=rsvp.expire, addrs=rsvp.addrs, limit=rsvp.limit)
+            ReservationObtained(
+                relay=relay,
+                expire=rsvp.expire,
+                addrs=rsvp.addrs,
+                limit=rsvp.limit,
+                voucher_verified=rsvp.voucher is not None,
+            )
         )
         self._execute(
             self.autorelay.on_reservation_accepted(

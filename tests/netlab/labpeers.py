@@ -41,9 +41,19 @@ class LabPeer:
         seed: str | None = None,
         log: str = "INFO",
         start_timeout: float = 30.0,
+        program: list[str] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
+        """``program`` replaces the Python peer (e.g. the go-libp2p ``natpeer`` binary); it
+        gets ``{"name", "listen", **config}`` as its JSON argument instead of ``nat``."""
         self.name = name
-        cfg = {"name": name, "listen": listen, "nat": nat or {}, "log": log}
+        cfg: dict[str, Any]
+        if program is None:
+            cfg = {"name": name, "listen": listen, "nat": nat or {}, "log": log}
+            argv = [sys.executable, NATPEER]
+        else:
+            cfg = {"name": name, "listen": listen, **(config or {})}
+            argv = list(program)
         if seed is not None:
             cfg["seed"] = seed
         fd, self.log_path = tempfile.mkstemp(prefix=f"{lab.prefix}-{name}-", suffix=".log")
@@ -51,7 +61,7 @@ class LabPeer:
         lab.files.append(self._log)
         self.proc = lab.popen(
             role,
-            [sys.executable, NATPEER, json.dumps(cfg)],
+            [*argv, json.dumps(cfg)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
