@@ -337,6 +337,7 @@ class NatManager:
         if self._own_identify and self.identify is not None:
             self.identify.close()
         self.events.close()
+        self._wake.set()  # the timer task sees _closed and ends
 
     # --- events ---------------------------------------------------------------------------
 
