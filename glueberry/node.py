@@ -357,7 +357,7 @@ class Node:
             metrics = self._metrics
             self._keys = KeyCache(
                 self._identity,
-                on_derive=None if isinstance(metrics, NopMetrics) else metrics.key_derivation,
+                on_derive=None if type(metrics) is NopMetrics else metrics.key_derivation,
             )
             host = Host(
                 self._identity,

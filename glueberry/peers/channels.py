@@ -415,7 +415,7 @@ class ChannelManager:
         self._max = max_message_size
         self._max_name = max_stream_name_length
         self._metrics: Metrics = metrics if metrics is not None else NopMetrics()
-        self._metrics_on = not isinstance(self._metrics, NopMetrics)
+        self._metrics_on = type(self._metrics) is not NopMetrics
         self._log = logger if logger is not None else logging.getLogger(__name__)
         self._policy = decryption_policy
         self._on_decryption_error = on_decryption_error
