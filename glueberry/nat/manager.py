@@ -121,6 +121,8 @@ class NatConfig:
     port_mapping_method: Method = "auto"
     gateway: str | None = None
     """NAT-PMP gateway; default: the default route's gateway."""
+    port_mapping_lifetime: int = 3600
+    """Seconds asked for each mapping; renewed at half of what the gateway granted."""
     enable_autonat: bool = True
     """Probe our reachability with AutoNAT v1 servers, and serve AutoNAT v1."""
     force_reachability: Literal["public", "private"] | None = None
@@ -155,6 +157,8 @@ class NatConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"NatConfig.{name} must be > 0")
+        if self.port_mapping_lifetime < 1:
+            raise ConfigError("NatConfig.port_mapping_lifetime must be >= 1")
         if self.hole_punch_attempts < 1 or self.desired_relays < 1:
             raise ConfigError("NatConfig.hole_punch_attempts and desired_relays must be >= 1")
         if self.observed_addr_threshold < 1:
@@ -310,6 +314,7 @@ class NatManager:
             self.portmapper = PortMapper(
                 method=cfg.port_mapping_method,
                 gateway=cfg.gateway,
+                lifetime=cfg.port_mapping_lifetime,
                 publish=self._emit,
                 on_change=self._on_mapped,
             )

@@ -68,11 +68,14 @@ def test_port_mapping_makes_a_private_peer_reachable(
             "enable_autonat": False,
             "enable_port_mapping": True,
             "port_mapping_method": method,
+            "port_mapping_lifetime": 4,  # renewed every 2 s
         },
     ) as a:
         ev = a.wait_event("PortMapped", timeout=20)
         assert ev["method"] == method and ev["internal_port"] == port
         assert ev["external"] == public, (ev, lab.miniupnpd_log("r1")[-1500:])
+        renewed = a.wait_event("PortMapped", n=2, timeout=10)
+        assert renewed["external"] == public and renewed["lifetime"] <= 4
         info = a.ok("info")
         assert info["mapped"] == [public] and public in info["addrs"]  # advertised
         # Someone on the internet reaches A through the mapping, with our full stack.
