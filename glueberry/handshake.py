@@ -506,9 +506,7 @@ async def _run_watched(
         for t in (drive, watch):
             if not t.done():
                 t.cancel()
-        for t in (drive, watch):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.wait({drive, watch})  # never raises: outcomes are read below
     if drive.done() and not drive.cancelled():
         exc = drive.exception()
         if exc is None:
@@ -634,13 +632,19 @@ class AutoHandshake:
         except asyncio.CancelledError:
             raise
         except (GlueberryError, OSError) as exc:
+            # Leave the session table first: the disconnect below must not look like a
+            # second failure of a session still running.
+            if self._tasks.get(peer) is asyncio.current_task():
+                del self._tasks[peer]
+            if self._sessions.get(peer) is q:
+                del self._sessions[peer]
             logger.warning("handshake with %s failed: %s", peer, exc)
             self.failures.append((peer, exc))
+            if self._on_failure is not None:
+                self._on_failure(peer, exc)
             if isinstance(exc, HandshakeError | PeerIdMismatch) and self.node.is_running:
                 with contextlib.suppress(GlueberryError):
                     await self.node.disconnect(peer)
-            if self._on_failure is not None:
-                self._on_failure(peer, exc)
         else:
             self.established.append(peer)
             if self._on_established is not None:
