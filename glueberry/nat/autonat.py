@@ -1,7 +1,8 @@
-"""AutoNAT v1 client and server on a host: "can you dial me back?".
+"""AutoNAT v1 and v2 clients and servers on a host: "can you dial me back?".
 
-Spec: https://github.com/libp2p/specs/blob/master/autonat/autonat-v1.md (r1). Behaviour
-matched: go-libp2p ``p2p/host/autonat`` (libp2p-notes §2.12, B-26). The exchanges are the
+Specs: https://github.com/libp2p/specs/blob/master/autonat/autonat-v1.md (r1) and
+autonat/autonat-v2.md (working draft r2). Behaviour matched: go-libp2p ``p2p/host/autonat``
+and ``p2p/protocol/autonatv2`` (libp2p-notes §2.12, B-26, B-27). The exchanges are the
 machines of :mod:`glueberry.proto.autonat`.
 
 Theory of operation
@@ -18,8 +19,15 @@ Theory of operation
   rate-limited, internal error). Turning verdicts into PUBLIC/PRIVATE is
   :class:`~glueberry.nat.policy.ReachabilityTracker`'s job (the NAT manager feeds it).
 
-AutoNAT v2 (nonce-checked dial-backs) has sans-I/O machines in the protocol layer but no
-driver here yet.
+* v2 server (``/libp2p/autonat/2/dial-request``): :class:`~glueberry.proto.autonat.
+  AutoNATv2Server` picks the first dialable address (asking the client for 30 kB of dial
+  data first when its IP differs from the observed one); the dial-back is again a fresh
+  connection, on which a ``/libp2p/autonat/2/dial-back`` stream carries the client's nonce
+  (:class:`~glueberry.proto.autonat.DialBackSender`); then the verdict goes back.
+* v2 client: :meth:`AutoNATService.probe_v2` sends a random 64-bit nonce; the dial-back
+  handler (:class:`~glueberry.proto.autonat.DialBackReceiver`) hands every nonce it
+  receives to the pending requests; a "reachable" verdict counts only when the nonce came
+  back (a server cannot claim a dial it did not make).
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from glueberry.errors import GlueberryError, RemoteProtocolError
+from glueberry.net.negotiate import select_protocol
 from glueberry.proto import autonat as an
 from glueberry.transport.tcp import dial as tcp_dial
 from glueberry.wire import pb_nat as pb
@@ -45,6 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 AUTONAT_PROTOCOL: Final = an.AUTONAT_V1_PROTOCOL
+AUTONAT_V2_PROTOCOL: Final = an.AUTONAT_V2_DIAL_REQUEST
+AUTONAT_V2_DIAL_BACK: Final = an.AUTONAT_V2_DIAL_BACK
 #: Seconds for one dial-back (connect + upgrade).
 DEFAULT_DIAL_BACK_TIMEOUT: Final = 10.0
 
@@ -54,7 +66,7 @@ class AutoNATService:
 
     Args:
         host: the host.
-        server: serve dial-back requests (a node behind a NAT should not).
+        server: serve dial-back requests, v1 and v2 (a node behind a NAT should not).
         allow_private: dial back private addresses and offer them (labs, LANs).
         dial_timeout: seconds for one dial-back.
         limiter: the server's throttle (go: 30/min overall, 3/min per peer).
@@ -82,12 +94,17 @@ class AutoNATService:
             "refused": 0,
             "probes": 0,
         }
+        self._pending_v2: dict[int, an.AutoNATv2Client] = {}
+        host.set_stream_handler(AUTONAT_V2_DIAL_BACK, self._serve_dial_back)
         if server:
             host.set_stream_handler(AUTONAT_PROTOCOL, self._serve)
+            host.set_stream_handler(AUTONAT_V2_PROTOCOL, self._serve_v2)
 
     def close(self) -> None:
+        self.host.remove_stream_handler(AUTONAT_V2_DIAL_BACK)
         if self.server:
             self.host.remove_stream_handler(AUTONAT_PROTOCOL)
+            self.host.remove_stream_handler(AUTONAT_V2_PROTOCOL)
 
     # --- client ----------------------------------------------------------------------------
 
@@ -185,6 +202,133 @@ class AutoNATService:
             return raw
         return None
 
+    # --- v2 ----------------------------------------------------------------------------------
+
+    async def probe_v2(
+        self, server: PeerId, addrs: Sequence[Multiaddr]
+    ) -> tuple[Multiaddr | None, bool | None]:
+        """AutoNAT v2: ask ``server`` to dial one of ``addrs`` (in priority order) back.
+
+        Returns:
+            ``(address tested, verdict)``: True only if the dial-back carried our nonce,
+            False if the server's dial failed, None without a trustworthy verdict.
+
+        Raises:
+            GlueberryError: the stream could not be opened (e.g. no AutoNAT v2 there).
+        """
+        self.stats["probes"] += 1
+        loop = asyncio.get_running_loop()
+        nonce = secrets.randbits(64)
+        machine = an.AutoNATv2Client(
+            addrs=[a.to_bytes() for a in addrs], nonce=nonce, now=loop.time()
+        )
+        stream = await self.host.new_stream(server, [AUTONAT_V2_PROTOCOL])
+        self._pending_v2[nonce] = machine
+        try:
+            while True:
+                event = await _run(stream, machine)
+                if isinstance(event, an.DialDataRequested):
+                    if not event.accepted:
+                        stream.reset()
+                        return None, None
+                    continue  # the data is queued; _run sends it
+                break
+        except (GlueberryError, OSError) as exc:
+            stream.reset()
+            logger.debug("autonat v2 probe via %s failed: %r", server, exc)
+            return None, None
+        finally:
+            self._pending_v2.pop(nonce, None)
+        with contextlib.suppress(GlueberryError, OSError):
+            await stream.close()
+        if not isinstance(event, an.DialResultReceived):
+            return None, None
+        tested = Multiaddr(event.addr) if event.addr is not None else None
+        return tested, event.reachable
+
+    async def _serve_dial_back(self, stream: Stream) -> None:
+        machine = an.DialBackReceiver(now=asyncio.get_running_loop().time())
+        try:
+            event = await _run(stream, machine)
+            out = machine.data_to_send()
+            if out:
+                await stream.write(out)
+            await stream.close()
+        except (GlueberryError, OSError) as exc:
+            logger.debug("autonat v2 dial-back stream failed: %r", exc)
+            stream.reset()
+            return
+        if isinstance(event, an.DialBackReceived):
+            pending = self._pending_v2.get(event.nonce)
+            if pending is not None:
+                pending.dial_back_received(event.nonce)
+
+    async def _serve_v2(self, stream: Stream) -> None:
+        conn = stream.connection
+        peer = conn.remote_peer
+        loop = asyncio.get_running_loop()
+        machine = an.AutoNATv2Server(
+            requester=peer,
+            observed_ip=_observed_ip(conn),
+            relayed=conn.transport_name == "circuit",
+            limiter=self.limiter,
+            now=loop.time(),
+            allow_private=self.allow_private,
+        )
+        self.stats["served"] += 1
+        try:
+            event = await _run(stream, machine)
+            if isinstance(event, an.DialBackRequested):
+                assert event.nonce is not None
+                ok = await self._dial_back_v2(peer, event.addrs[0], event.nonce)
+                self.stats["dialed_ok" if ok else "dialed_failed"] += 1
+                machine.dial_result(pb.DialStatus.OK if ok else pb.DialStatus.E_DIAL_ERROR)
+            else:
+                self.stats["refused"] += 1
+            out = machine.data_to_send()
+            if out:
+                await stream.write(out)
+            await stream.close()
+        except (GlueberryError, OSError) as exc:
+            logger.debug("autonat v2 request from %s failed: %r", peer, exc)
+            with contextlib.suppress(GlueberryError, OSError):
+                out = machine.data_to_send()
+                if out:
+                    await stream.write(out)
+            stream.reset()
+
+    async def _dial_back_v2(self, peer: PeerId, raw: bytes, nonce: int) -> bool:
+        """Dial ``raw`` on a fresh connection and deliver ``nonce`` on a dial-back stream."""
+        try:
+            sa = Multiaddr(raw).to_socket_address()
+        except MultiaddrError:
+            return False
+        if sa.transport != "tcp":
+            return False
+        loop = asyncio.get_running_loop()
+        muxed: MuxedConnection | None = None
+        try:
+            async with asyncio.timeout(self.dial_timeout):
+                conn = await tcp_dial(sa.host, sa.port)
+                muxed = await self.host.upgrader.upgrade_outbound(
+                    conn, expected_peer=peer, on_stream=_refuse_stream
+                )
+                stream = await muxed.open_stream()
+                _, trailing = await select_protocol(stream, [AUTONAT_V2_DIAL_BACK])
+                machine = an.DialBackSender(nonce=nonce, now=loop.time())
+                if trailing:
+                    machine.receive_data(trailing, loop.time())
+                event = await _run(stream, machine)
+                await stream.close()
+                return isinstance(event, an.DialBackAcknowledged)
+        except (GlueberryError, OSError, TimeoutError) as exc:
+            logger.debug("autonat v2 dial-back to %s at %s failed: %r", peer, sa, exc)
+            return False
+        finally:
+            if muxed is not None:
+                with contextlib.suppress(GlueberryError, OSError):
+                    await muxed.close()
+
 
 def _refuse_stream(stream: Stream) -> None:
     stream.reset()
@@ -199,7 +343,17 @@ def _observed_ip(conn: MuxedConnection) -> ipaddress.IPv4Address | ipaddress.IPv
         return None
 
 
-async def _run(stream: Stream, machine: an.AutoNATv1Client | an.AutoNATv1Server) -> an.AutoNATEvent:
+_Machine = (
+    an.AutoNATv1Client
+    | an.AutoNATv1Server
+    | an.AutoNATv2Client
+    | an.AutoNATv2Server
+    | an.DialBackSender
+    | an.DialBackReceiver
+)
+
+
+async def _run(stream: Stream, machine: _Machine) -> an.AutoNATEvent:
     """Feed ``machine`` until it emits an event; flush its output on the way.
 
     Raises:
@@ -225,11 +379,17 @@ async def _run(stream: Stream, machine: an.AutoNATv1Client | an.AutoNATv1Server)
             continue
         try:
             async with asyncio.timeout(remaining):
-                data = await stream.read(pb.MAX_AUTONAT_V1_MESSAGE)
+                data = await stream.read(pb.MAX_AUTONAT_V2_MESSAGE)
         except TimeoutError:
             machine.handle_timer(max(loop.time(), deadline))
             continue
         machine.receive_data(data, loop.time())
 
 
-__all__ = ["AUTONAT_PROTOCOL", "DEFAULT_DIAL_BACK_TIMEOUT", "AutoNATService"]
+__all__ = [
+    "AUTONAT_PROTOCOL",
+    "AUTONAT_V2_DIAL_BACK",
+    "AUTONAT_V2_PROTOCOL",
+    "DEFAULT_DIAL_BACK_TIMEOUT",
+    "AutoNATService",
+]

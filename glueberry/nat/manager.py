@@ -31,7 +31,7 @@ command                     executed by
 ``Reserve``                 :meth:`RelayClient.reserve`
 ``NotifyRelayAddrs``        the circuit listener's addresses (advertised by identify)
 ``NotifyObservedAddrs``     the TCP transport's external addresses (advertised)
-``ProbeReachability``       :meth:`AutoNATService.probe` with a connected server
+``ProbeReachability``       AutoNAT v2 (else v1) probe with a connected server
 ``NotifyReachability``      ``AutoRelayBehaviour.on_reachability`` + an event
 ==========================  =========================================================
 
@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from glueberry.errors import ConfigError, GlueberryError
 from glueberry.events import EventBroadcaster, EventSubscription
 from glueberry.nat import policy as P
-from glueberry.nat.autonat import AUTONAT_PROTOCOL, AutoNATService
+from glueberry.nat.autonat import AUTONAT_PROTOCOL, AUTONAT_V2_PROTOCOL, AutoNATService
 from glueberry.nat.events import (
     ExternalAddrsChanged,
     HolePunchFailed,
@@ -124,7 +124,7 @@ class NatConfig:
     port_mapping_lifetime: int = 3600
     """Seconds asked for each mapping; renewed at half of what the gateway granted."""
     enable_autonat: bool = True
-    """Probe our reachability with AutoNAT v1 servers, and serve AutoNAT v1."""
+    """Probe our reachability with AutoNAT servers (v2, else v1), and serve both."""
     force_reachability: Literal["public", "private"] | None = None
     """Skip AutoNAT's verdict (go's ``ForceReachability*``)."""
     allow_private_addrs: bool = False
@@ -144,6 +144,8 @@ class NatConfig:
     relay_retry_interval: float = 30.0
     """How often to reconnect to configured relays that are not connected."""
     autonat_boot_delay: float = 15.0
+    autonat_retry_interval: float = 90.0
+    """Seconds between probes while reachability is unknown or thinly supported (go: 90)."""
     autonat_dial_timeout: float = 10.0
     """Seconds our AutoNAT server spends dialing a requester back."""
 
@@ -154,6 +156,7 @@ class NatConfig:
             "identify_timeout",
             "relay_retry_interval",
             "autonat_dial_timeout",
+            "autonat_retry_interval",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"NatConfig.{name} must be > 0")
@@ -222,7 +225,11 @@ class NatManager:
         self.observed = P.ObservedAddrTracker(
             threshold=cfg.observed_addr_threshold, allow_private=cfg.allow_private_addrs
         )
-        self.reachability = P.ReachabilityTracker(now=loop_now, boot_delay=cfg.autonat_boot_delay)
+        self.reachability = P.ReachabilityTracker(
+            now=loop_now,
+            boot_delay=cfg.autonat_boot_delay,
+            retry_interval=cfg.autonat_retry_interval,
+        )
         self.relay_client: RelayClient | None = None
         self.relay_service: RelayService | None = None
         self.holepunch: HolePunchService | None = None
@@ -605,11 +612,12 @@ class NatManager:
         loop = asyncio.get_running_loop()
         now = loop.time()
         addrs = self.candidate_addrs()
+        store = self.host.peerstore
         servers = [
             c.remote_peer
             for c in self.host.connections()
             if is_direct(c)
-            and self.host.peerstore.supports(c.remote_peer, [AUTONAT_PROTOCOL])
+            and store.supports(c.remote_peer, [AUTONAT_V2_PROTOCOL, AUTONAT_PROTOCOL])
             and self._probed.get(c.remote_peer, -1e9) + 60.0 < now
         ]
         if not addrs or not servers:
@@ -617,7 +625,11 @@ class NatManager:
         server = servers[0]
         self._probed[server] = now
         try:
-            verdict = await self.autonat.probe(server, addrs)
+            # v2 when the server has it: its verdict needs our nonce back, v1's is trust.
+            if store.supports(server, [AUTONAT_V2_PROTOCOL]):
+                _, verdict = await self.autonat.probe_v2(server, addrs)
+            else:
+                verdict = await self.autonat.probe(server, addrs)
         except (GlueberryError, OSError) as exc:
             logger.debug("autonat probe via %s failed: %r", server, exc)
             return

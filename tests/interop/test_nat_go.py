@@ -13,7 +13,8 @@ Proven here:
 * our relay serves go-libp2p clients (go verifies our voucher, circuits both ways);
 * DCUtR between our peer and a go-libp2p peer: with ours as the initiating (inbound) side
   through the default strict NATs, and with go initiating through NATs with liberal TCP
-  window tracking (see the test's docstring for why not strict).
+  window tracking (see the test's docstring for why not strict);
+* our AutoNAT v2 client against go's AutoNAT v2 server.
 
 Needs root, iproute2, nftables and the built go peer; fails (never skips) without them.
 """
@@ -208,3 +209,32 @@ def test_dcutr_go_peer_initiates_our_peer_responds(lab: L.NatLab) -> None:
         ev = a.wait_event("HolePunchSucceeded", timeout=10)
         assert ev["peer"] == b.peer_id
         assert b.ok("echo", peer=a.peer_id, size=200_000)["transport"] == "tcp"
+
+
+def test_autonat_v2_against_a_go_server(lab: L.NatLab) -> None:
+    """Our AutoNAT v2 client, go's server: nonce-checked dial-backs on fresh connections."""
+    nat = {
+        "enable_relay_client": False,
+        "enable_hole_punching": False,
+        "observed_addr_threshold": 1,
+    }
+    with (
+        LabPeer(
+            lab,
+            "relay",
+            name="go-S",
+            listen=f"/ip4/{lab.relay_ip}/tcp/4001",
+            program=[str(NATPEER)],
+            config={"autonat_v2": True},
+        ) as s,
+        LabPeer(lab, "relay", name="P", listen=f"/ip4/{lab.relay_ip}/tcp/4002", nat=nat) as p,
+        LabPeer(lab, "h1", name="A", listen="/ip4/0.0.0.0/tcp/4001", nat=nat) as a,
+    ):
+        server = f"/ip4/{lab.relay_ip}/tcp/4001/p2p/{s.peer_id}"
+        p.ok("connect", addr=server)
+        a.ok("connect", addr=server)
+        a.ok("wait_observed", timeout=20)
+        got = p.ok("probe_v2", server=s.peer_id, wait=40)
+        assert got["reachable"] is True and got["tested"] == f"/ip4/{lab.relay_ip}/tcp/4002"
+        got = a.ok("probe_v2", server=s.peer_id, wait=40)
+        assert got["reachable"] is False and got["tested"] == f"/ip4/{lab.r1_wan}/tcp/4001"

@@ -17,6 +17,7 @@ input line with one JSON line (``{"ok": true, ...}`` or ``{"ok": false, "error":
 "timeout": s}``
 ``{"cmd": "disconnect", "peer": P}``          close every connection to P
 ``{"cmd": "probe", "server": P}``             AutoNAT v1: can P dial our addresses back?
+``{"cmd": "probe_v2", "server": P}``          AutoNAT v2 (nonce-checked dial-back)
 ``{"cmd": "conns", "peer": P}``               live connections to P
 ``{"cmd": "echo", "peer": P, "size": n}``     /echo/1.0.0 round trip of n pattern bytes
 ``{"cmd": "sink", "peer": P, "size": n}``     /glueberry-test/sink/1.0.0 upload of n bytes
@@ -187,6 +188,12 @@ class Peer:
             addrs = self.nat.candidate_addrs()
             verdict = await self.nat.autonat.probe(server, addrs)
             return {"reachable": verdict, "addrs": [str(a) for a in addrs]}
+        if cmd == "probe_v2":
+            assert self.nat.autonat is not None
+            server = PeerId.from_string(req["server"])
+            addrs = self.nat.candidate_addrs()
+            tested, verdict = await self.nat.autonat.probe_v2(server, addrs)
+            return {"reachable": verdict, "tested": str(tested) if tested else None}
         if cmd == "disconnect":
             assert peer is not None
             for conn in self.host.connections(peer):

@@ -7,7 +7,8 @@
 // config: {"name", "listen" (multiaddr), "seed" (64 hex digits, optional),
 // "relay_service" (bool), "relay_limits" {"circuit_data", "circuit_duration"},
 // "relays" [multiaddr with /p2p/...] (reserve with each at start),
-// "hole_punching" (bool), "observed_threshold" (int; go's default is 4)}.
+// "hole_punching" (bool), "autonat_v2" (serve AutoNAT v2), "observed_threshold" (int; go's
+// default is 4)}.
 //
 // It prints {"ready": true, "peer_id", "addrs"} and then answers one JSON command per stdin
 // line with one JSON line: info, wait_observed, wait_event {type, n, timeout}, events,
@@ -58,6 +59,7 @@ type config struct {
 	RelayLimits       map[string]int `json:"relay_limits"`
 	Relays            []string       `json:"relays"`
 	HolePunching      bool           `json:"hole_punching"`
+	AutoNATv2         bool           `json:"autonat_v2"`
 	ObservedThreshold int            `json:"observed_threshold"`
 }
 
@@ -208,7 +210,11 @@ func newHost(cfg config, n *node) (host.Host, error) {
 	if cfg.HolePunching {
 		opts = append(opts, libp2p.EnableHolePunching(holepunch.WithTracer(n)))
 	}
-	if cfg.RelayService {
+	if cfg.AutoNATv2 {
+		opts = append(opts, libp2p.EnableAutoNATv2())
+	}
+	if cfg.RelayService || cfg.AutoNATv2 {
+		// go serves relays and AutoNAT v2 only while it believes it is public.
 		opts = append(opts, libp2p.ForceReachabilityPublic())
 	}
 	return libp2p.New(opts...)
