@@ -114,9 +114,29 @@ _REFUSED: Final = 0x1001
 DecryptionPolicy = Literal["reset_stream", "disconnect"]
 
 
+#: Pending frames of one stream are written at once beyond this many bytes.
+COALESCE_BYTES: Final = 64 * 1024
+
+# Frame headers by payload length, for the common sizes (bounded).
+_HEADERS: dict[int, bytes] = {}
+
+
+def _header(size: int) -> bytes:
+    header = encode_frame_header(size)
+    if len(_HEADERS) >= 4096:
+        _HEADERS.clear()
+    _HEADERS[size] = header
+    return header
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _fail(fut: asyncio.Future[None] | None, exc: BaseException) -> None:
+    if fut is not None and not fut.done():
+        fut.set_exception(exc)
 
 
 def spawn_in(host: Host, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
@@ -333,6 +353,7 @@ class _Channel:
     """All streams of one (peer, name)."""
 
     __slots__ = (
+        "burst",
         "counters",
         "encrypted",
         "name",
@@ -355,6 +376,7 @@ class _Channel:
         self.streams: list[_StreamRec] = []
         self.opening: asyncio.Future[None] | None = None
         self.writing = False
+        self.burst = False
         self.pending = bytearray()
         self.pending_count = 0
         self.pending_fut: asyncio.Future[None] | None = None
@@ -423,7 +445,10 @@ class ChannelManager:
         self._on_peer_error = on_peer_error
         self._no_backpressure = disable_backpressure
         self._local = host.peer_id
+        self._loop = asyncio.get_running_loop()
         self._peers: dict[PeerId, _PeerChannels] = {}
+        self._last_peer: PeerId | None = None
+        self._last_pc: _PeerChannels | None = None
         self._taps: dict[PeerId | None, MessageQueue] = {}
         self._handlers: dict[str, int] = {}  # protocol ID -> peers granting it
         self._closed = False
@@ -434,6 +459,7 @@ class ChannelManager:
             "streams_reset_flood": 0,
             "protocol_errors": 0,
             "decryption_failures": 0,
+            "send_failures": 0,
         }
 
     # --- lifecycle -------------------------------------------------------------------
@@ -457,6 +483,7 @@ class ChannelManager:
         pc = self._peers.get(peer)
         if pc is None:
             pc = self._peers[peer] = _PeerChannels()
+            self._last_peer = None
         return pc
 
     def _channel(self, peer: PeerId, pc: _PeerChannels, name: str) -> _Channel:
@@ -510,6 +537,7 @@ class ChannelManager:
     def forget(self, peer: PeerId) -> None:
         """Drop everything of ``peer``: reset its streams, zero its key, revoke its names."""
         pc = self._peers.pop(peer, None)
+        self._last_peer = self._last_pc = None
         if pc is None:
             return
         for ch in pc.channels.values():
@@ -590,6 +618,8 @@ class ChannelManager:
     async def send(self, peer: PeerId, name: str, data: bytes | bytearray | memoryview) -> None:
         """Frame (and seal) ``data`` and hand it to the stream of ``(peer, name)``.
 
+        See the module docstring ("Writing") for when this waits.
+
         Raises:
             MessageTooLarge: ``len(data) > max_message_size``.
             LocalProtocolError: invalid name, or ``name`` not prepared for ``peer``.
@@ -602,83 +632,111 @@ class ChannelManager:
             raise MessageTooLarge(
                 f"message size {n} exceeds maximum {self._max}", peer_id=peer, stream=name
             )
-        pc = self._peers.get(peer)
+        # One-entry cache: PeerId hashing is a Python call, and a sender usually repeats.
+        if peer is self._last_peer:
+            pc = self._last_pc
+        else:
+            pc = self._peers.get(peer)
+            self._last_peer, self._last_pc = peer, pc
         ch = pc.channels.get(name) if pc is not None else None
-        rec = ch.primary if ch is not None else None
-        if ch is None or rec is None or pc is None:
+        if ch is None or pc is None or ch.primary is None:
             pc, ch = await self._ensure_open(peer, name)
-            rec = ch.primary
-            if rec is None:  # pragma: no cover - _ensure_open guarantees a primary
-                raise ConnectionLost("stream vanished", peer_id=peer, stream=name)
+        buf = ch.pending
         if ch.encrypted:
             cipher = pc.cipher
             if cipher is None:
                 raise LocalProtocolError(
                     f"no stream key for peer {peer}", protocol=PROTOCOL, peer_id=peer, stream=name
                 )
-            frame = bytearray(encode_frame_header(n + ENCRYPTION_OVERHEAD))
-            cipher.seal_into(frame, data)
+            size = n + ENCRYPTION_OVERHEAD
+            header = _HEADERS.get(size)
+            if header is None:
+                header = _header(size)
+            buf += header
+            cipher.seal_into(buf, data)
         else:
-            frame = bytearray(encode_frame_header(n))
-            frame += data
-        if ch.writing:
-            await self._enqueue(ch, frame)
-        else:
-            await self._write(peer, ch, rec, frame)
+            buf += encode_frame_header(n)
+            buf += data
+        ch.pending_count += 1
         c = ch.counters
         c.messages_sent += 1
         c.bytes_sent += n
         c.last_sent_at = self._clock.wall()
         if self._metrics_on:
             self._metrics.message_sent(name, n)
+        if ch.writing:  # a write is suspended (back-pressure): wait for our batch
+            await self._wait_flushed(ch)
+        elif not ch.burst:  # first message of this loop iteration: out at once
+            ch.burst = True
+            self._loop.call_soon(self._end_burst, peer, ch)
+            await self._flush(peer, ch)
+        elif len(buf) >= COALESCE_BYTES:
+            await self._flush(peer, ch)
+        # else: more messages of this iteration; flushed at its end (_end_burst)
 
-    async def _write(self, peer: PeerId, ch: _Channel, rec: _StreamRec, frame: bytearray) -> None:
-        """Write ``frame``, then whatever other senders queued meanwhile."""
+    async def _flush(self, peer: PeerId, ch: _Channel) -> None:
+        """Write the channel's pending frames (and whatever is added meanwhile) to its
+        primary stream. Only one flush runs per channel (``ch.writing``)."""
         ch.writing = True
-        rec.writing = True
         try:
-            await rec.stream.write(frame)
             while ch.pending:
+                rec = ch.primary
+                if rec is None:  # the stream ended: open a new one (as Go does)
+                    _, ch2 = await self._ensure_open(peer, ch.name)
+                    if ch2 is not ch or ch.primary is None:
+                        raise ConnectionLost(f"peer {peer} disconnected", peer_id=peer)
+                    continue
                 data, fut = ch.pending, ch.pending_fut
                 ch.pending = bytearray()
                 ch.pending_fut = None
                 ch.pending_count = 0
-                target = ch.primary if ch.primary is not None else rec
-                if target is not rec:
-                    rec.writing = False
-                    self._after_write(rec)
-                    rec = target
-                    rec.writing = True
+                rec.writing = True
                 try:
                     await rec.stream.write(data)
-                except BaseException as exc:
-                    if fut is not None and not fut.done():
-                        fut.set_exception(_as_stream_error(exc, peer, ch.name))
+                except asyncio.CancelledError:
+                    # A frame may be half written: this stream's framing cannot be trusted.
+                    self._drop_stream(ch, rec, reset=True)
+                    err: BaseException = StreamReset("send cancelled", peer_id=peer, stream=ch.name)
+                    _fail(fut, err)
+                    self._fail_pending(ch, err)
                     raise
+                except (StreamError, TransportError, LocalProtocolError) as exc:
+                    self._drop_stream(ch, rec, reset=True)
+                    err = _as_stream_error(exc, peer, ch.name)
+                    _fail(fut, err)
+                    self._fail_pending(ch, err)
+                    raise err from exc
+                finally:
+                    rec.writing = False
+                    self._after_write(rec)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
-        except asyncio.CancelledError:
-            # A frame may be half written: the framing of this stream cannot be trusted.
-            self._drop_stream(ch, rec, reset=True)
-            self._fail_pending(ch, StreamReset("send cancelled", peer_id=peer, stream=ch.name))
-            raise
-        except (StreamError, TransportError, LocalProtocolError) as exc:
-            self._drop_stream(ch, rec, reset=True)
-            err = _as_stream_error(exc, peer, ch.name)
-            self._fail_pending(ch, err)
-            raise err from exc
         finally:
             ch.writing = False
-            rec.writing = False
-            self._after_write(rec)
 
-    async def _enqueue(self, ch: _Channel, frame: bytearray) -> None:
-        """Another send is suspended in a write: join the next batch it flushes."""
-        ch.pending += frame
-        ch.pending_count += 1
+    def _end_burst(self, peer: PeerId, ch: _Channel) -> None:
+        """End of the loop iteration that sent on ``ch``: flush what is left."""
+        ch.burst = False
+        if ch.pending and not ch.writing:
+            try:
+                spawn_in(self.host, self._flush_later(peer, ch), name="glueberry-flush")
+            except GlueberryError:
+                self._fail_pending(ch, ConnectionLost("node stopping", peer_id=peer))
+
+    async def _flush_later(self, peer: PeerId, ch: _Channel) -> None:
+        if ch.writing:
+            return  # a writer took over; it flushes everything
+        try:
+            await self._flush(peer, ch)
+        except (GlueberryError, OSError) as exc:
+            self.counters["send_failures"] += 1
+            self._log.warning("sending to %s on stream %r failed: %s", peer, ch.name, exc)
+
+    async def _wait_flushed(self, ch: _Channel) -> None:
+        """Wait until the batch just appended is handed to the stream."""
         fut = ch.pending_fut
         if fut is None:
-            fut = ch.pending_fut = asyncio.get_running_loop().create_future()
+            fut = ch.pending_fut = self._loop.create_future()
             fut.add_done_callback(_retrieve)
             if self._metrics_on:
                 self._metrics.backpressure_engaged(ch.name)
@@ -696,8 +754,7 @@ class ChannelManager:
         ch.pending = bytearray()
         ch.pending_fut = None
         ch.pending_count = 0
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        _fail(fut, exc)
 
     def _after_write(self, rec: _StreamRec) -> None:
         if rec.close_after_write and rec.writable:
@@ -903,6 +960,8 @@ class ChannelManager:
         read = stream.read
         metrics_on = self._metrics_on
         metrics = self._metrics
+        new = tuple.__new__  # IncomingMessage without its Python-level __new__
+        IM = IncomingMessage
         reset = False
         try:
             while True:
@@ -926,7 +985,7 @@ class ChannelManager:
                     if metrics_on:
                         metrics.message_received(name, nbytes, count)
                     queue = self.messages if encrypted else self._route(peer)
-                    await queue.put_batch([IncomingMessage(peer, name, m, now) for m in msgs])
+                    await queue.put_batch([new(IM, (peer, name, m, now)) for m in msgs])
                 if failures:
                     assert error is not None
                     reset = True
