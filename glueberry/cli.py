@@ -313,6 +313,10 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
             f"echo {len(msg)} bytes                  {_ms(t_echo)}  {'ok' if ok else 'MISMATCH'}",
             file=out,
         )
+    from glueberry.demo import run_demo  # the Glueberry node on top: handshake, encryption
+
+    print(file=out)
+    ok = await run_demo(out) and ok
     print("demo finished" if ok else "demo FAILED", file=out, flush=True)
     return EXIT_OK if ok else EXIT_FAILED
 
