@@ -303,8 +303,10 @@ class Node:
             on_drop=self._metrics.event_dropped,
         )
         # The shared default subscription behind events(), open from the start (Go creates
-        # its Events() channel in New), so no event is missed before the first iteration.
-        self._default_events = self._events.subscribe()
+        # its Events() channel in New), so no event is missed before the first iteration. It
+        # drops its oldest events (with a marker) rather than block: an application that never
+        # reads it must not stall the subscriptions it does read.
+        self._default_events = self._events.subscribe(overflow="drop_oldest")
         self._backlog: deque[ConnectionEvent] = deque()
         self._pump: asyncio.Task[None] | None = None
         self._book: AddressBook | None = None
@@ -771,8 +773,10 @@ class Node:
 
     def events(self) -> EventSubscription[ConnectionEvent]:
         """The node's shared event subscription (Go ``Events()``): open since the node was
-        created, so nothing is missed; several consumers split the events. For a private
-        copy of every event use :meth:`subscribe_events`."""
+        created, so nothing is missed; several consumers split the events. It never blocks
+        the node: when full it drops its oldest event and yields an ``EventsDropped`` marker.
+        For a private copy of every event (``event_overflow`` applies) use
+        :meth:`subscribe_events`."""
         return self._default_events
 
     def subscribe_events(self) -> EventSubscription[ConnectionEvent]:

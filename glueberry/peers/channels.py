@@ -666,6 +666,10 @@ class ChannelManager:
             self._metrics.message_sent(name, n)
         if ch.writing:  # a write is suspended (back-pressure): wait for our batch
             await self._wait_flushed(ch)
+        elif self._no_backpressure:  # never wait: a task flushes at the end of the iteration
+            if not ch.burst:
+                ch.burst = True
+                self._loop.call_soon(self._end_burst, peer, ch)
         elif not ch.burst:  # first message of this loop iteration: out at once
             ch.burst = True
             self._loop.call_soon(self._end_burst, peer, ch)

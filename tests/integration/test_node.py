@@ -451,3 +451,63 @@ async def test_health() -> None:
         await a.connect(b.peer_id)
         assert "1 active" in a.health().checks[3].message
     assert not a.health().healthy
+
+
+# --- cancellation, lossless-by-default switches, event overflow ---------------------------------
+
+
+async def test_cancelled_send_under_backpressure_resets_then_recovers() -> None:
+    async with running_nodes(2, message_buffer_size=4) as (a, b):
+        await establish_pair(a, b)
+        payload = bytes(64 * 1024)
+
+        async def flood() -> None:
+            while True:
+                await a.send(b.peer_id, "messages", payload)
+
+        task = asyncio.create_task(flood())
+        await asyncio.sleep(0.5)  # b does not read: a blocks on the yamux window
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The half-written stream was reset; the next send opens a new one.
+        received = 0
+        async with asyncio.timeout(10):
+            while len(b.messages()) or received == 0:
+                await b.messages().get()
+                received += 1
+        await a.send(b.peer_id, "messages", b"after")
+        async with asyncio.timeout(10):
+            while (await b.messages().get()).data != b"after":
+                pass
+
+
+async def test_disable_backpressure_returns_without_waiting() -> None:
+    async with running_nodes(2, message_buffer_size=2, disable_backpressure=True) as (a, b):
+        await establish_pair(a, b)
+        payload = bytes(64 * 1024)
+        async with asyncio.timeout(5):
+            for _ in range(200):  # 12.5 MiB while b reads nothing: buffered, not blocking
+                await a.send(b.peer_id, "messages", payload)
+        for _ in range(200):
+            assert (await asyncio.wait_for(b.messages().get(), 10)).data == payload
+
+
+async def test_blocking_event_subscription_keeps_order() -> None:
+    async with running_nodes(2, event_buffer_size=1, event_overflow="block") as (a, b):
+        sub = a.subscribe_events()
+        a.add_peer(b.peer_id, b.addrs)
+        await establish_pair(a, b)  # 3+ events through a 1-slot blocking subscription
+        got = [(await next_event(sub)).state for _ in range(3)]
+        assert got == [S.CONNECTING, S.CONNECTED, S.ESTABLISHED]
+        assert a.connection_state(b.peer_id) is S.ESTABLISHED
+
+
+async def test_is_outbound_unknown_peer() -> None:
+    async with running_nodes(1) as (a,):
+        with pytest.raises(glueberry.PeerNotFound):
+            a.is_outbound(key(4).peer_id)
+        assert a.cancel_reconnection(key(4).peer_id) is False
+        assert a.peer_statistics(key(4).peer_id) is None
+        assert a.messages_sent(key(4).peer_id) == 0
