@@ -93,8 +93,14 @@ from glueberry.net.limits import (
 )
 from glueberry.net.negotiate import handle_protocol, select_protocol
 from glueberry.net.peerstore import Peerstore
+from glueberry.net.transports import (
+    MuxedTransport,
+    NativeMuxedConnection,
+    default_security,
+    default_transports,
+    is_muxed_transport,
+)
 from glueberry.net.upgrader import MuxerFactory, SecureUpgrade, Upgrader, with_prefix
-from glueberry.transport.tcp import TcpTransport
 from glueberry.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
@@ -155,10 +161,13 @@ class HostConfig:
     """Connection and stream limits."""
     gater: ConnectionGater | None = None
     """Connection gater; ``None`` allows everything."""
-    transports: Sequence[Transport] | None = None
-    """Transports, tried in order; ``None`` means TCP only."""
+    transports: Sequence[Transport | MuxedTransport] | None = None
+    """Transports; an address goes to the first that can dial it. ``None``: TCP, plus QUIC
+    when aioquic is installed (:func:`~glueberry.net.transports.default_transports`; the host
+    creates and closes them). Transports given here are the caller's to close."""
     security: Mapping[str, SecureUpgrade] | None = None
-    """Security protocols by ID, in preference order; ``None``: Noise only."""
+    """Security protocols by ID, in preference order; ``None``: Noise, plus TLS when
+    pyOpenSSL is installed (:func:`~glueberry.net.transports.default_security`)."""
     muxers: Mapping[str, MuxerFactory] | None = None
     """Muxers by ID, in preference order; ``None``: yamux only."""
     dial_timeout: float = 15.0
@@ -225,7 +234,7 @@ class _Conn:
         self.raw: RawConnection | None = None
         self.muxed: MuxedConnection | None = None
         self.tg: asyncio.TaskGroup | None = None
-        self.transport: Transport | None = None
+        self.transport: Transport | MuxedTransport | None = None
         self.pending_ip: str | None = None  # inbound, while counted as upgrading
         self.tasks: set[asyncio.Task[None]] = set()
         self.opened_at = time.monotonic()
@@ -276,12 +285,14 @@ class Host:
         self.config = config if config is not None else HostConfig()
         cfg = self.config
         self._listen_addrs = [Multiaddr(a) for a in listen_addrs]
-        self._transports: list[Transport] = list(
-            cfg.transports if cfg.transports is not None else [TcpTransport()]
+        self._transports: list[Transport | MuxedTransport] = list(
+            cfg.transports if cfg.transports is not None else default_transports(identity)
         )
+        #: Transports this host made (the defaults); :meth:`close` closes them.
+        self._owned_transports = list(self._transports) if cfg.transports is None else []
         self.upgrader = Upgrader(
             identity,
-            security=cfg.security,
+            security=cfg.security if cfg.security is not None else default_security(),
             muxers=cfg.muxers,
             inbound_timeout=cfg.upgrade_timeout,
             max_pending_inbound=cfg.limits.max_pending_upgrades,
@@ -295,7 +306,7 @@ class Host:
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._listeners: list[tuple[Transport, TransportListener]] = []
+        self._listeners: list[tuple[Transport | MuxedTransport, TransportListener]] = []
         self._conns: dict[MuxedConnection, _Conn] = {}
         self._by_peer: dict[PeerId, list[_Conn]] = {}
         self._dials: dict[PeerId, _Dial] = {}
@@ -375,6 +386,10 @@ class Host:
             try:
                 await self._stack.aclose()
             finally:
+                for transport in self._owned_transports:
+                    close = getattr(transport, "close", None)
+                    if close is not None:  # QUIC: its sockets, timers, drained connections
+                        close()
                 self._state = _State.CLOSED
                 self._closed_event.set()
                 self._tg = None
@@ -441,9 +456,18 @@ class Host:
         ma = Multiaddr(addr)
         for transport in self._transports:
             if transport.can_listen(ma):
-                listener = await transport.listen(
-                    ma, functools.partial(self._on_raw_inbound, transport)
-                )
+                if is_muxed_transport(transport):
+                    muxed_t = cast("MuxedTransport", transport)
+                    listener = await muxed_t.listen(
+                        ma,
+                        functools.partial(self._on_muxed_inbound, muxed_t),
+                        accept=functools.partial(self._accept_muxed, muxed_t),
+                    )
+                else:
+                    raw_t = cast("Transport", transport)
+                    listener = await raw_t.listen(
+                        ma, functools.partial(self._on_raw_inbound, raw_t)
+                    )
                 self._listeners.append((transport, listener))
                 logger.info("listening on %s", listener.multiaddrs)
                 return list(listener.multiaddrs)
@@ -465,8 +489,12 @@ class Host:
                 continue
             sa = addr.to_socket_address()
             v6 = sa.family == "ip6"
+            # Keep what follows the port (``/quic-v1``): only the IP is replaced.
+            head = str(Multiaddr.from_socket_address(sa.host, sa.port, sa.transport))
+            tail = str(addr)[len(head) :] if str(addr).startswith(head) else ""
             for host in _interface_addresses(v6):
-                out.append(Multiaddr.from_socket_address(host, sa.port))
+                base = Multiaddr.from_socket_address(host, sa.port, sa.transport)
+                out.append(base.encapsulate(tail) if tail else base)
         return list(dict.fromkeys(out))
 
     def _on_raw_inbound(self, transport: Transport, raw: RawConnection) -> None:
@@ -513,6 +541,85 @@ class Host:
         self.refused_inbound[reason] = self.refused_inbound.get(reason, 0) + 1
         logger.debug("refused inbound connection from %s: %s", raw.remote_address, reason)
         raw.abort()
+
+    # Muxed transports (QUIC): no upgrade. The transport authenticates the peer itself, so
+    # the checks run in two places: ``_accept_muxed`` before a new connection costs any
+    # handshake work (gater ``allow_accept``, room for one more inbound connection), and
+    # ``_on_muxed_inbound`` once the peer is known (reservation, ``allow_secured``, per-peer
+    # limit). The transport bounds half-open handshakes itself (QUIC: per socket, 5 s).
+
+    def _accept_muxed(self, transport: MuxedTransport, address: tuple[str, int]) -> bool:
+        """Accept filter of a muxed transport (synchronous, before any state exists)."""
+        if self._state is not _State.RUNNING:
+            return False
+        if self.gater is not None:
+            try:
+                remote = transport.to_multiaddr(address)
+            except ValueError:
+                remote = None
+            if remote is not None and not self.gater.allow_accept(remote):
+                self._count_refused("gater", address)
+                return False
+        try:
+            self.limiter.reserve(Direction.INBOUND).release()  # room for one more?
+        except ResourceLimitExceeded as exc:
+            self._count_refused(exc.limit, address)
+            return False
+        return True
+
+    def _on_muxed_inbound(self, transport: MuxedTransport, conn: NativeMuxedConnection) -> None:
+        """A muxed transport's authenticated inbound connection (synchronous, before any of
+        its streams is delivered): reserve, admit the peer, then hand it to a task."""
+        if self._state is not _State.RUNNING:
+            conn.abort()
+            return
+        muxed = cast("MuxedConnection", conn)
+        try:
+            remote: Multiaddr | None = transport.to_multiaddr(muxed.remote_address)
+        except ValueError:
+            remote = None
+        try:
+            reservation = self.limiter.reserve(Direction.INBOUND)
+        except ResourceLimitExceeded as exc:
+            self._count_refused(exc.limit, muxed.remote_address)
+            conn.abort()
+            return
+        rec = _Conn(Direction.INBOUND, reservation, self.config.limits, remote)
+        try:
+            self._admit(rec, conn.remote_peer)
+        except GlueberryError as exc:
+            reservation.release()
+            if isinstance(exc, ResourceLimitExceeded):
+                reason = exc.limit or "limit"
+            else:
+                reason = "gater" if isinstance(exc, PeerBlacklisted) else "self"
+            self._count_refused(reason, muxed.remote_address)
+            conn.abort()
+            return
+        try:
+            self.spawn(self._muxed_inbound_main(rec, conn), name="host-inbound")
+        except NodeStateError:
+            reservation.release()
+            conn.abort()
+
+    async def _muxed_inbound_main(self, rec: _Conn, conn: NativeMuxedConnection) -> None:
+        try:
+            await self._connection_main(rec, self._adopt_muxed(rec, conn), None)
+        except (GlueberryError, OSError) as exc:
+            logger.debug("inbound connection from %s failed: %r", rec.remote_addr, exc)
+
+    async def _adopt_muxed(self, rec: _Conn, conn: NativeMuxedConnection) -> MuxedConnection:
+        """Take over a muxed transport's connection: its streams now come to the host.
+
+        Runs inside the connection's task (``rec.tg`` exists), so streams that arrived
+        before (they waited in the transport) are served like later ones.
+        """
+        conn.set_stream_handler(functools.partial(self._on_stream, rec))
+        return cast("MuxedConnection", conn)
+
+    def _count_refused(self, reason: str, address: object) -> None:
+        self.refused_inbound[reason] = self.refused_inbound.get(reason, 0) + 1
+        logger.debug("refused inbound connection from %s: %s", address, reason)
 
     # --- stream handlers --------------------------------------------------------------------
 
@@ -742,7 +849,12 @@ class Host:
                     # A relayed address keeps its destination: the circuit transport
                     # CONNECTs to that peer through the relay.
                     dial_addr = dial_addr.with_p2p(peer_id)
-                rec.raw = await rec.transport.dial(dial_addr, timeout=timeout)
+                if is_muxed_transport(rec.transport):
+                    # QUIC: authenticated and multiplexed by the transport; no upgrade.
+                    muxed = await self._dial_muxed(rec, dial_addr, peer_id, timeout)
+                    self.peerstore.add_addrs(muxed.remote_peer, [addr])
+                    return muxed
+                rec.raw = await cast("Transport", rec.transport).dial(dial_addr, timeout=timeout)
                 muxed = await self.upgrader.upgrade_outbound(
                     rec.raw,
                     expected_peer=peer_id,
@@ -781,9 +893,28 @@ class Host:
         except (GlueberryError, OSError) as exc:
             logger.debug("inbound connection from %s failed: %r", rec.remote_addr, exc)
 
+    async def _dial_muxed(
+        self, rec: _Conn, addr: Multiaddr, peer_id: PeerId | None, seconds: float
+    ) -> MuxedConnection:
+        """Dial with a muxed transport, admit the peer, then take its streams."""
+        transport = cast("MuxedTransport", rec.transport)
+        # No stream callback yet: streams the peer opens at once wait in the transport
+        # until the peer is admitted.
+        muxed = await transport.dial(addr, peer_id, timeout=seconds)
+        conn = cast("NativeMuxedConnection", muxed)
+        try:
+            self._admit(rec, muxed.remote_peer)
+        except BaseException:
+            conn.abort()
+            raise
+        return await self._adopt_muxed(rec, conn)
+
     def _on_secured(self, rec: _Conn, secure: SecureConnection) -> None:
         """After the handshake, before the muxer: gater and per-peer limit (may raise)."""
-        peer = secure.remote_peer
+        self._admit(rec, secure.remote_peer)
+
+    def _admit(self, rec: _Conn, peer: PeerId) -> None:
+        """The peer is authenticated: refuse ourselves, ask the gater, count it (may raise)."""
         if peer == self.peer_id:
             raise ConnectError("connected to ourselves", peer_id=peer)
         if self.gater is not None and not self.gater.allow_secured(rec.direction.value, peer):
@@ -827,6 +958,8 @@ class Host:
             rec.tg = None
             if rec.raw is not None and not rec.raw.is_closing():
                 rec.raw.abort()
+            elif rec.raw is None and rec.muxed is not None:  # a muxed transport's (QUIC)
+                cast("NativeMuxedConnection", rec.muxed).abort()  # no-op once it is gone
             rec.reservation.release()
             if registered:
                 self._unregister(rec)

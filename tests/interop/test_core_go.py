@@ -41,6 +41,7 @@ from glueberry.net.testprotocols import (
     register_test_protocols,
     request_source,
 )
+from glueberry.net.upgrader import noise_security
 from glueberry.proto.identify import AGENT_VERSION, IDENTIFY_PROTOCOL
 from glueberry.proto.ping import PING_PROTOCOL
 from glueberry.proto.yamux import YamuxSession
@@ -77,8 +78,9 @@ pytestmark = [
 ECHO_STREAMS = 1000
 ECHO_BYTES = 4096
 TRANSFER = 64 << 20
-#: Room for 1 000 concurrent streams (the defaults follow go's small-machine limits).
-INTEROP_CONFIG = HostConfig(limits=TEST_LIMITS)
+#: Room for 1 000 concurrent streams (the defaults follow go's small-machine limits). Noise
+#: only: this is the Noise suite (the default host also accepts TLS, which go proposes first).
+INTEROP_CONFIG = HostConfig(limits=TEST_LIMITS, security={"/noise": noise_security()})
 
 
 # --- the Python side ---------------------------------------------------------------------------
