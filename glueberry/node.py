@@ -382,6 +382,8 @@ class Node:
                 decryption_policy=cfg.decryption_error_policy,
                 on_decryption_error=cfg.on_decryption_error,
                 on_inbound_handshake=self._on_inbound_handshake,
+                on_handshake_opened=self._on_handshake_opened,
+                tracer=cfg.tracer,
                 on_peer_error=self._on_peer_error,
                 disable_backpressure=cfg.disable_backpressure,
             )
@@ -824,6 +826,10 @@ class Node:
     def _on_inbound_handshake(self, peer: PeerId) -> bool:
         manager = self._manager
         return manager is not None and manager.inbound_handshake(peer)
+
+    def _on_handshake_opened(self, peer: PeerId) -> None:
+        if self._manager is not None:
+            self._manager.handshake_opened(peer)
 
     def _on_peer_error(self, peer: PeerId, error: BaseException) -> None:
         if self._manager is not None:

@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from glueberry.clock import Clock
     from glueberry.net.host import Host
     from glueberry.peers.crypto import StreamCipher
+    from glueberry.peers.metrics import Tracer
     from glueberry.peers.stats import StatsRecorder, StreamCounters
     from glueberry.transport.base import Stream
     from glueberry.wire.identity import PeerId
@@ -409,6 +410,8 @@ class ChannelManager:
         on_inbound_handshake: called with the peer once an inbound handshake stream is stored
             and before anything is read from it (the node's state machine: Connected);
             returning False refuses (resets) the stream.
+        on_handshake_opened: called with the peer when we opened a handshake stream to it.
+        tracer: ``glueberry.stream_setup`` spans around opening streams.
         on_peer_error: called with ``(peer_id, error)`` when the policy says to drop the peer.
         disable_backpressure: senders do not wait for a suspended write (see module docs).
     """
@@ -427,6 +430,8 @@ class ChannelManager:
         decryption_policy: DecryptionPolicy = "reset_stream",
         on_decryption_error: Callable[[PeerId, BaseException], None] | None = None,
         on_inbound_handshake: Callable[[PeerId], bool] | None = None,
+        on_handshake_opened: Callable[[PeerId], None] | None = None,
+        tracer: Tracer | None = None,
         on_peer_error: Callable[[PeerId, BaseException], None] | None = None,
         disable_backpressure: bool = False,
     ) -> None:
@@ -442,6 +447,8 @@ class ChannelManager:
         self._policy = decryption_policy
         self._on_decryption_error = on_decryption_error
         self._on_inbound_handshake = on_inbound_handshake
+        self._on_handshake_opened = on_handshake_opened
+        self._tracer = tracer
         self._on_peer_error = on_peer_error
         self._no_backpressure = disable_backpressure
         self._local = host.peer_id
@@ -817,9 +824,15 @@ class ChannelManager:
     async def _open_stream(self, peer: PeerId, protocol_id: str, name: str) -> Stream:
         if self.host.connection_for(peer) is None:
             raise ConnectionLost(f"not connected to peer {peer}", peer_id=peer, stream=name)
-        stream = await self.host.new_stream(peer, [protocol_id])
+        if self._tracer is not None:
+            with self._tracer.stream_setup(peer, name):
+                stream = await self.host.new_stream(peer, [protocol_id])
+        else:
+            stream = await self.host.new_stream(peer, [protocol_id])
         if self._metrics_on:
             self._metrics.stream_opened(name)
+        if name == HANDSHAKE_STREAM and self._on_handshake_opened is not None:
+            self._on_handshake_opened(peer)
         return stream
 
     # --- accepting -------------------------------------------------------------------------

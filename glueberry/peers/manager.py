@@ -390,6 +390,16 @@ class ConnectionManager:
         self._apply(peer, Trigger.INBOUND_HANDSHAKE)
         return True
 
+    def handshake_opened(self, peer: PeerId) -> None:
+        """We opened the handshake stream on a connection the peer dialled, before it said
+        anything: we start the session, as its listener would on an inbound stream. (A Go
+        listener never does this; between Python nodes either side may speak first.)"""
+        if self._closed:
+            return
+        m = self._machines.get(peer)
+        if (m is None or m.state is S.DISCONNECTED) and self.host.connection_for(peer) is not None:
+            self._apply(peer, Trigger.INBOUND_HANDSHAKE)
+
     # --- operations --------------------------------------------------------------------------
 
     async def connect(self, peer: PeerId, addrs: Iterable[Multiaddr | str] | None = None) -> None:

@@ -511,3 +511,25 @@ async def test_is_outbound_unknown_peer() -> None:
         assert a.cancel_reconnection(key(4).peer_id) is False
         assert a.peer_statistics(key(4).peer_id) is None
         assert a.messages_sent(key(4).peer_id) == 0
+
+
+async def test_listener_may_speak_first_between_python_nodes() -> None:
+    async with running_nodes(2) as (a, b):
+        a.add_peer(b.peer_id, b.addrs)
+        await a.connect(b.peer_id)
+        assert b.connection_state(a.peer_id) is S.DISCONNECTED
+        assert a.peer_addrs(b.peer_id) == b.addrs
+        await wait_for(lambda: bool(b.host.connections(a.peer_id)), what="b sees the connection")
+        eb = b.subscribe_events()
+        # b has not heard from a yet, but holds a's connection: it starts the handshake.
+        await b.send(a.peer_id, "handshake", b"listener first")
+        assert (await next_event(eb)).state is S.CONNECTED
+        assert not b.is_outbound(a.peer_id)
+        assert (await a.messages().get()).data == b"listener first"
+        async with asyncio.timeout(10):
+            await asyncio.gather(
+                glueberry.handshake.establish(a, b.peer_id, ["m"]),
+                glueberry.handshake.establish(b, a.peer_id, ["m"], connect=False),
+            )
+        await b.send(a.peer_id, "m", b"encrypted, listener first")
+        assert (await a.messages().get()).data == b"encrypted, listener first"
