@@ -165,6 +165,11 @@ class LazyQuicTransport:
         return self._transport is not None
 
     @property
+    def current(self) -> QuicTransport | None:
+        """The real transport if it was made (even once closed), else None."""
+        return self._transport
+
+    @property
     def transport(self) -> QuicTransport:
         """The real transport, made now if needed.
 
