@@ -593,6 +593,9 @@ class AutoHandshake:
                 q = self._sessions.get(msg.peer_id)
                 if q is None:
                     if self.node.connection_state(msg.peer_id) is not ConnectionState.CONNECTED:
+                        # Not part of a handshake we run (e.g. a message after Established):
+                        # the application gets it in node.messages(), as without us.
+                        self.node.messages().push_nowait([msg])
                         continue
                     q = self._start(msg.peer_id)
                 q.put_nowait(msg.data)

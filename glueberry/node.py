@@ -760,8 +760,8 @@ class Node:
         queue of its own, when ``None``) in a separate queue, not in :meth:`messages`.
 
         Messages of that peer already waiting in :meth:`messages` move over. Close the queue
-        (``async with`` / ``close()``) to restore normal delivery. :mod:`glueberry.handshake`
-        uses this.
+        (``async with`` / ``close()``) to restore normal delivery; messages it still holds
+        then go back to :meth:`messages`. :mod:`glueberry.handshake` uses this.
 
         Raises:
             LocalProtocolError: that peer's handshake is already intercepted.

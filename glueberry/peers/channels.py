@@ -233,6 +233,18 @@ class MessageQueue:
                 p.set_result(None)
                 return
 
+    def push_nowait(self, items: list[IncomingMessage]) -> bool:
+        """Append without waiting, beyond the capacity if need be (hand-backs only, never
+        the data path). False if the queue is closed."""
+        if self._closed:
+            return False
+        self._buf.extend(items)
+        for g in self._getters:
+            if not g.done():
+                g.set_result(None)
+                break
+        return True
+
     def get_nowait(self) -> IncomingMessage:
         """The next message.
 
@@ -582,7 +594,8 @@ class ChannelManager:
         its own when ``None``) to a new queue instead of :attr:`messages`.
 
         Handshake messages of that peer already waiting in :attr:`messages` move to the new
-        queue, so nothing that arrived just before the tap is lost to it.
+        queue, so nothing that arrived just before the tap is lost to it; messages still in the
+        tap when it is closed move back to :attr:`messages`.
 
         Raises:
             LocalProtocolError: a tap for ``peer`` exists already.
@@ -595,6 +608,9 @@ class ChannelManager:
         def on_close(q: MessageQueue) -> None:
             if self._taps.get(peer) is q:
                 del self._taps[peer]
+            if q._buf:  # not consumed: back to normal delivery, never dropped
+                self.messages.push_nowait(list(q._buf))
+                q._buf.clear()
 
         q = MessageQueue(capacity, on_close=on_close)
         self._taps[peer] = q

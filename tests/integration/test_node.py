@@ -533,3 +533,30 @@ async def test_listener_may_speak_first_between_python_nodes() -> None:
             )
         await b.send(a.peer_id, "m", b"encrypted, listener first")
         assert (await a.messages().get()).data == b"encrypted, listener first"
+
+
+async def test_handshake_messages_are_never_dropped_by_taps_or_auto() -> None:
+    from glueberry.handshake import encode_complete, encode_hello, encode_pubkey
+
+    async with running_nodes(2) as (a, b):
+        a.add_peer(b.peer_id, b.addrs)
+        await a.connect(b.peer_id)
+        inbox = a.intercept_handshake(b.peer_id)
+        async with glueberry.handshake.auto(b, ["m"]) as auto:
+            # a runs the exchange by hand and sends one more message on its open stream
+            # after b has finished: b's auto handshake hands it to the application.
+            await a.send(b.peer_id, "handshake", encode_hello())
+            assert (await inbox.get()).data == encode_hello()
+            assert (await inbox.get()).data[:5] == bytes.fromhex("1481011420")
+            await a.send(b.peer_id, "handshake", encode_pubkey(a.public_key))
+            await a.prepare_streams(b.peer_id, b.public_key, ["m"])
+            await a.send(b.peer_id, "handshake", encode_complete())
+            assert (await inbox.get()).data == encode_complete()
+            await wait_for(lambda: auto.established == [a.peer_id])
+            await a.send(b.peer_id, "handshake", b"after established")
+            assert (await b.messages().get()).data == b"after established"
+            # A tap closed with unread messages hands them back to messages().
+            await b.send(a.peer_id, "handshake", b"unread")
+            await wait_for(lambda: len(inbox) == 1)
+            inbox.close()
+            assert (await a.messages().get()).data == b"unread"
