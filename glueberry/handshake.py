@@ -616,7 +616,9 @@ class AutoHandshake:
         if q is not None:
             return q
         q = self._sessions[peer] = asyncio.Queue()
-        self._tasks[peer] = asyncio.ensure_future(self._session(peer, q))
+        task = asyncio.ensure_future(self._session(peer, q))
+        task.add_done_callback(_log_unexpected)
+        self._tasks[peer] = task
         return q
 
     def _stop(self, peer: PeerId, failure: GlueberryError) -> None:
@@ -657,6 +659,11 @@ class AutoHandshake:
                 del self._sessions[peer]
             if self._tasks.get(peer) is asyncio.current_task():
                 del self._tasks[peer]
+
+
+def _log_unexpected(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("handshake session crashed", exc_info=task.exception())
 
 
 def auto(

@@ -411,8 +411,13 @@ class ConnectionManager:
             raise ConnectError("cannot connect to ourselves", peer_id=peer)
         m = self._machine(peer)
         st = m.state
-        if st in (S.CONNECTED, S.ESTABLISHED) and self.host.connection_for(peer) is not None:
-            return
+        if st in (S.CONNECTED, S.ESTABLISHED):
+            if self.host.connection_for(peer) is not None:
+                return
+            # The connection is closing; its notification will move us to Disconnected.
+            raise ConnectionLost(
+                f"the connection to {peer} is closing; connect again", peer_id=peer
+            )
         if st is S.COOLDOWN:
             left = m.cooldown_remaining(self._clock.now())
             raise ConnectError(
