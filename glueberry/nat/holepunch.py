@@ -1,4 +1,4 @@
-"""DCUtR service: turn a relayed connection into a direct one by TCP hole punching.
+"""DCUtR service: turn a relayed connection into a direct one by TCP or QUIC hole punching.
 
 Spec: https://github.com/libp2p/specs/blob/master/relay/DCUtR.md (r1) and
 connections/hole-punching.md. Behaviour matched: go-libp2p ``p2p/protocol/holepunch``
@@ -11,28 +11,38 @@ A dialed B through a relay; B (the inbound side) drives the exchange. The exchan
 relayed connection* and then performs the punch:
 
 * **B** (:meth:`HolePunchService.attempt`, one attempt per call): CONNECT with our addresses,
-  measure the RTT, SYNC, wait RTT/2, then dial each of A's TCP addresses **from our listen
-  port** (:meth:`~glueberry.transport.tcp_reuse.ReuseportTcpTransport.dial_punch`). For
-  everything above TCP B is the *server* although its socket dialed (the simultaneous open
-  has no real dialer), so a socket that connects is handed to the host as if accepted
-  (:meth:`~glueberry.transport.tcp_reuse.ReuseportTcpTransport.adopt_inbound`): the host runs
-  the multistream listener, the Noise responder and the yamux server on it.
+  measure the RTT, SYNC, wait RTT/2, then punch every usable address of A at once:
+
+  - TCP: dial it **from our listen port**
+    (:meth:`~glueberry.transport.tcp_reuse.ReuseportTcpTransport.dial_punch`). For
+    everything above TCP B is the *server* although its socket dialed (the simultaneous
+    open has no real dialer), so a socket that connects is handed to the host as if
+    accepted (:meth:`~glueberry.transport.tcp_reuse.ReuseportTcpTransport.adopt_inbound`):
+    the host runs the multistream listener, the Noise responder and the yamux server on it.
+  - QUIC: send random UDP datagrams to it from our QUIC listening socket
+    (:meth:`~glueberry.nat.quic_punch.QuicPuncher.spray`) until the connection is up. A's
+    QUIC dial then reaches our listener, which accepts it: B is the QUIC server.
 * **A** (the ``/libp2p/dcutr`` handler): answer CONNECT with our addresses; on SYNC dial
-  B's addresses at once as an ordinary outbound connection (``host.connect`` with no peer
-  ID, through the port-reusing TCP transport): A is the client above TCP.
+  B's addresses at once as ordinary outbound connections (``host.connect`` with no peer
+  ID; the port-reusing TCP transport and the QUIC transport both dial from the listen
+  port): A is the client above TCP and the QUIC client.
 
-The SYNs of both sides open each NAT's mapping for the other; the kernels complete a TCP
-simultaneous open. Whichever way a direct connection to the peer comes up, the attempt
-succeeds once the host has it (:meth:`HolePunchService.wait_direct`); moving traffic to it and
-closing the relayed connection is the NAT manager's job (policy: :class:`HolePunchBehaviour`).
-An attempt fails on a protocol error, no usable address, a stream timeout, or no direct
-connection within ``punch_timeout``; the spec's three attempts are the policy's business.
+For TCP the SYNs of both sides open each NAT's mapping for the other and the kernels
+complete a simultaneous open; for QUIC B's datagrams open B's NAT for A's Initial. As in
+go-libp2p, TCP and QUIC addresses are punched together, with no preference between them.
+Whichever way a direct connection to the peer comes up, the attempt succeeds once the host
+has it (:meth:`HolePunchService.wait_direct`), and the other punches stop; moving traffic to
+it and closing the relayed connection is the NAT manager's job (policy:
+:class:`HolePunchBehaviour`). An attempt fails on a protocol error, no usable address, a
+stream timeout, or no direct connection within ``punch_timeout``; the spec's three attempts
+are the policy's business.
 
-Addresses: we offer our public (or, with ``allow_private``, any non-loopback) direct TCP
-addresses - listen addresses plus the external ones the NAT manager learnt (observed,
-port-mapped). Remote addresses go through the machine's filter (no relay, loopback,
-link-local; private only if allowed; at most 16). QUIC addresses are ignored: QUIC hole
-punching (UDP packet spraying) is not implemented yet.
+Addresses: we offer our public (or, with ``allow_private``, any non-loopback) direct
+addresses we can punch with - TCP when the port-reusing TCP transport is there, ``/quic-v1``
+when we listen on QUIC on the wildcard address - listen addresses plus the external ones the
+NAT manager learnt (observed, port-mapped). Remote addresses go through the machine's filter
+(no relay, loopback, link-local; private only if allowed; at most 16), then we keep those of
+the kinds we can punch.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -55,6 +65,7 @@ from glueberry.wire import pb_nat as pb
 from glueberry.wire.multiaddr import Multiaddr, MultiaddrError
 
 if TYPE_CHECKING:
+    from glueberry.nat.quic_punch import QuicPuncher
     from glueberry.net.host import Host
     from glueberry.transport.base import MuxedConnection, Stream
     from glueberry.transport.tcp_reuse import ReuseportTcpTransport
@@ -89,7 +100,8 @@ class HolePunchService:
 
     Args:
         host: the host; its TCP transport must be ``tcp`` (port reuse).
-        tcp: that transport.
+        tcp: that transport (None: no TCP punching).
+        quic: the host's QUIC puncher (None: no QUIC punching).
         local_addrs: our candidate addresses (called per attempt).
         allow_private: offer and accept private addresses (labs, LANs).
         punch_timeout: seconds from the punch to a direct connection.
@@ -100,8 +112,9 @@ class HolePunchService:
     def __init__(
         self,
         host: Host,
-        tcp: ReuseportTcpTransport,
+        tcp: ReuseportTcpTransport | None,
         *,
+        quic: QuicPuncher | None = None,
         local_addrs: Callable[[], list[Multiaddr]] | None = None,
         allow_private: bool = False,
         punch_timeout: float = DEFAULT_PUNCH_TIMEOUT,
@@ -110,6 +123,7 @@ class HolePunchService:
     ) -> None:
         self.host = host
         self.tcp = tcp
+        self.quic = quic
         self._local_addrs = local_addrs
         self.allow_private = allow_private
         self.punch_timeout = punch_timeout
@@ -132,13 +146,23 @@ class HolePunchService:
 
     # --- addresses ------------------------------------------------------------------------
 
+    def punchable(self, addr: Multiaddr) -> bool:
+        """We can punch to (and offer) an address of this kind: TCP with the port-reusing
+        transport, ``/quic-v1`` with a wildcard QUIC listener of its IP family."""
+        kind = addr.transport_kind()
+        if kind == "tcp":
+            return self.tcp is not None
+        if kind == "quic-v1":
+            return self.quic is not None and self.quic.can_punch(addr)
+        return False
+
     def local_addrs(self) -> list[Multiaddr]:
-        """Direct TCP addresses to offer (public; any non-loopback with ``allow_private``)."""
+        """Direct addresses to offer (public; any non-loopback with ``allow_private``)."""
         source = self._local_addrs() if self._local_addrs is not None else self.host.addrs
         out: list[Multiaddr] = []
         for given in source:
             a = given.without_p2p()
-            if a.is_relayed or a.transport_kind() != "tcp" or a.is_loopback or a.is_unspecified:
+            if a.is_relayed or a.is_loopback or a.is_unspecified or not self.punchable(a):
                 continue
             if a.is_private and not self.allow_private:
                 continue
@@ -146,16 +170,15 @@ class HolePunchService:
                 out.append(a)
         return out
 
-    @staticmethod
-    def _tcp_addrs(raw: tuple[bytes, ...]) -> tuple[Multiaddr, ...]:
+    def _punch_addrs(self, raw: tuple[bytes, ...]) -> tuple[Multiaddr, ...]:
         out: list[Multiaddr] = []
         for b in raw:
             try:
-                ma = Multiaddr(b)
+                ma = Multiaddr(b).without_p2p()
             except MultiaddrError:
                 continue
-            if ma.transport_kind() == "tcp":
-                out.append(ma.without_p2p())
+            if self.punchable(ma) and ma not in out:
+                out.append(ma)
         return tuple(out)
 
     # --- direct connections ------------------------------------------------------------------
@@ -230,9 +253,9 @@ class HolePunchService:
         if not isinstance(event, d.PunchTimeReached):
             reason = event.reason if isinstance(event, d.HolePunchFailed) else "no punch"
             return AttemptResult(ok=False, role="initiator", reason=reason)
-        addrs = self._tcp_addrs(event.remote_addrs)
+        addrs = self._punch_addrs(event.remote_addrs)
         logger.debug("dcutr with %s: rtt %.3f s, punching %s as server", peer, event.rtt, addrs)
-        conn = await self._punch(peer, addrs, server=True)
+        conn = await self.punch(peer, addrs, server=True)
         return AttemptResult(
             ok=conn is not None,
             role="initiator",
@@ -278,9 +301,9 @@ class HolePunchService:
             reason = event.reason if isinstance(event, d.HolePunchFailed) else "no punch"
             self._report(peer, AttemptResult(ok=False, role="responder", reason=reason))
             return
-        addrs = self._tcp_addrs(event.remote_addrs)
+        addrs = self._punch_addrs(event.remote_addrs)
         logger.debug("dcutr from %s: SYNC, punching %s as client", peer, addrs)
-        direct = await self._punch(peer, addrs, server=False)
+        direct = await self.punch(peer, addrs, server=False)
         self._report(
             peer,
             AttemptResult(
@@ -301,22 +324,41 @@ class HolePunchService:
 
     # --- the punch ------------------------------------------------------------------------------
 
-    async def _punch(
-        self, peer: PeerId, addrs: tuple[Multiaddr, ...], *, server: bool
+    async def punch(
+        self, peer: PeerId, addrs: Sequence[Multiaddr], *, server: bool
     ) -> MuxedConnection | None:
-        """Dial every address at once; the first direct connection to ``peer`` wins."""
+        """The punch alone (what follows the DCUtR exchange): punch every address at once;
+        the first direct connection to ``peer`` within ``punch_timeout`` wins and ends the
+        others. ``server`` is B's role (TCP: dial and adopt as responder; QUIC: spray),
+        otherwise A's (dial). Addresses we cannot punch are skipped."""
+        addrs = [a for a in addrs if self.punchable(a)]
         if not addrs:
             return None
-        dialer = self._dial_as_server if server else self._dial_as_client
         async with asyncio.TaskGroup() as tg:
             waiter = tg.create_task(self.wait_direct(peer, self.punch_timeout))
-            dials = [tg.create_task(dialer(peer, a)) for a in addrs]
+            dials = [tg.create_task(self._punch_one(peer, a, server=server)) for a in addrs]
             conn = await waiter
             for t in dials:
                 t.cancel()
         return conn
 
+    async def _punch_one(self, peer: PeerId, addr: Multiaddr, *, server: bool) -> None:
+        if not server:
+            await self._dial_as_client(peer, addr)
+        elif addr.transport_kind() == "quic-v1":
+            await self._spray(peer, addr)
+        else:
+            await self._dial_as_server(peer, addr)
+
+    async def _spray(self, peer: PeerId, addr: Multiaddr) -> None:
+        assert self.quic is not None
+        try:
+            await self.quic.spray(addr, duration=self.punch_timeout)
+        except (GlueberryError, OSError) as exc:
+            logger.debug("QUIC punch to %s (%s) failed: %r", peer, addr, exc)
+
     async def _dial_as_server(self, peer: PeerId, addr: Multiaddr) -> None:
+        assert self.tcp is not None
         try:
             raw = await self.tcp.dial_punch(addr, timeout=self.punch_timeout)
         except (GlueberryError, OSError) as exc:

@@ -30,7 +30,7 @@ command                     executed by
 ``CloseConnection``         close the relayed connection once its streams ended (grace)
 ``Reserve``                 :meth:`RelayClient.reserve`
 ``NotifyRelayAddrs``        the circuit listener's addresses (advertised by identify)
-``NotifyObservedAddrs``     the TCP transport's external addresses (advertised)
+``NotifyObservedAddrs``     the TCP and QUIC transports' external addresses (advertised)
 ``ProbeReachability``       AutoNAT v2 (else v1) probe with a connected server
 ``NotifyReachability``      ``AutoRelayBehaviour.on_reachability`` + an event
 ==========================  =========================================================
@@ -44,13 +44,22 @@ What happened is published as :mod:`glueberry.nat.events` through :meth:`subscri
 reservations, hole-punch results, reachability, external addresses, port mappings and,
 importantly, relay limits that ended a relayed connection.
 
-Setup: the host needs the port-reusing TCP transport and the circuit transport::
+Setup: the host needs the port-reusing TCP transport (or QUIC) and the circuit transport::
 
-    host = Host(key, listen_addrs=["/ip4/0.0.0.0/tcp/4001"],
-                config=HostConfig(transports=nat_transports()))
+    transports = nat_transports(key)      # reuseport TCP, QUIC (with aioquic), /p2p-circuit
+    host = Host(key, listen_addrs=["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"],
+                config=HostConfig(transports=transports))
     await host.start()
     nat = NatManager(host, NatConfig(relays=["/ip4/…/tcp/4001/p2p/12D3…"]))
     await nat.start()
+    ...
+    await nat.close(); await host.close(); close_transports(transports)
+
+Hole punching uses every transport it can: TCP through the port-reusing transport, QUIC
+when the host listens on QUIC on the wildcard address (:mod:`glueberry.nat.quic_punch`).
+A QUIC address is learnt like a TCP one: from identify's ``observedAddr`` on a QUIC
+connection (e.g. to a relay dialed over QUIC), confirmed by ``observed_addr_threshold``
+observers.
 """
 
 from __future__ import annotations
@@ -80,6 +89,7 @@ from glueberry.nat.events import (
 )
 from glueberry.nat.holepunch import AttemptResult, HolePunchService, is_direct
 from glueberry.nat.portmap import Method, PortMapper
+from glueberry.nat.quic_punch import QuicPuncher
 from glueberry.nat.relay_client import RelayClient
 from glueberry.nat.relay_service import RelayService
 from glueberry.net.services import IdentifyService
@@ -90,15 +100,38 @@ from glueberry.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
     from glueberry.net.host import Host, Transport
+    from glueberry.net.transports import MuxedTransport
     from glueberry.transport.base import MuxedConnection
-    from glueberry.wire.identity import PeerId
+    from glueberry.transport.quic import QuicConfig
+    from glueberry.wire.identity import PeerId, PrivateKey
 
 logger = logging.getLogger(__name__)
 
 
-def nat_transports() -> list[Transport]:
-    """The transports a NAT-traversing host needs: port-reusing TCP, then ``/p2p-circuit``."""
-    return [ReuseportTcpTransport(), CircuitTransport()]
+def nat_transports(
+    identity: PrivateKey | None = None, *, quic_config: QuicConfig | None = None
+) -> list[Transport | MuxedTransport]:
+    """The transports a NAT-traversing host needs: port-reusing TCP, QUIC (only with
+    ``identity``, which signs its certificate, and when aioquic is installed), then
+    ``/p2p-circuit``. The caller closes them after the host (:func:`close_transports`)."""
+    out: list[Transport | MuxedTransport] = [ReuseportTcpTransport()]
+    if identity is not None:
+        try:
+            from glueberry.transport.quic import QuicTransport
+        except ImportError:
+            logger.info("aioquic is not installed: no QUIC transport")
+        else:
+            out.append(QuicTransport(identity, quic_config))
+    out.append(CircuitTransport())
+    return out
+
+
+def close_transports(transports: Sequence[object]) -> None:
+    """Close the transports that hold resources of their own (QUIC: sockets, timers)."""
+    for t in transports:
+        close = getattr(t, "close", None)
+        if callable(close):
+            close()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,10 +231,12 @@ class NatManager:
         transports = list(host.config.transports or ())
         self.tcp = next((t for t in transports if isinstance(t, ReuseportTcpTransport)), None)
         self.circuit = next((t for t in transports if isinstance(t, CircuitTransport)), None)
-        if cfg.enable_hole_punching and self.tcp is None:
+        quic = QuicPuncher(transports)
+        self.quic: QuicPuncher | None = quic if quic.available else None
+        if cfg.enable_hole_punching and self.tcp is None and self.quic is None:
             raise ConfigError(
-                "hole punching needs ReuseportTcpTransport in HostConfig.transports "
-                "(use glueberry.nat.manager.nat_transports())"
+                "hole punching needs ReuseportTcpTransport or a QUIC transport in "
+                "HostConfig.transports (use glueberry.nat.manager.nat_transports())"
             )
         if cfg.enable_relay_client and self.circuit is None:
             raise ConfigError(
@@ -300,10 +335,11 @@ class NatManager:
                 publish=self._emit,
                 allow_private_addrs=cfg.allow_private_addrs,
             )
-        if cfg.enable_hole_punching and self.tcp is not None:
+        if cfg.enable_hole_punching and (self.tcp is not None or self.quic is not None):
             self.holepunch = HolePunchService(
                 host,
                 self.tcp,
+                quic=self.quic,
                 allow_private=cfg.allow_private_addrs,
                 punch_timeout=cfg.punch_timeout,
                 on_punched=self._on_punched,
@@ -467,8 +503,11 @@ class NatManager:
         self._update_external()
 
     def _update_external(self) -> None:
+        external = [*self._observed_addrs, *self._mapped_addrs]
         if self.tcp is not None:
-            self.tcp.set_external_addrs([*self._observed_addrs, *self._mapped_addrs])
+            self.tcp.set_external_addrs(external)
+        if self.quic is not None:
+            self.quic.set_external_addrs(external)
         self._emit(
             ExternalAddrsChanged(
                 observed=tuple(self._observed_addrs),
@@ -699,12 +738,15 @@ def _open_streams(conn: MuxedConnection) -> int:
 
 
 def _remote_addr(conn: MuxedConnection | None) -> Multiaddr | None:
-    if conn is None or conn.transport_name != "tcp":
+    if conn is None or conn.transport_name not in ("tcp", "quic-v1"):
         return None
     try:
-        return Multiaddr.from_socket_address(conn.remote_address[0], conn.remote_address[1])
-    except ValueError:
+        host, port = conn.remote_address[0], conn.remote_address[1]
+        if conn.transport_name == "tcp":
+            return Multiaddr.from_socket_address(host, port)
+        return Multiaddr.from_socket_address(host, port, "udp").encapsulate("/quic-v1")
+    except (ValueError, IndexError):
         return None
 
 
-__all__ = ["NatConfig", "NatManager", "nat_transports"]
+__all__ = ["NatConfig", "NatManager", "close_transports", "nat_transports"]

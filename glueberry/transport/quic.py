@@ -59,6 +59,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -152,7 +153,16 @@ class QuicListener:
 
     @property
     def multiaddrs(self) -> list[Multiaddr]:
-        return [self.endpoint.multiaddr]
+        """The bound address, then the transport's external addresses of the same IP
+        family (:meth:`QuicTransport.set_external_addrs`)."""
+        ep = self.endpoint
+        out = [ep.multiaddr]
+        v6 = ep.family == socket.AF_INET6
+        for ext in ep._transport.external_addrs:
+            ip = ext.ip
+            if ip is not None and (ip.version == 6) == v6 and ext not in out:
+                out.append(ext)
+        return out
 
     def close(self) -> None:
         """Stop accepting; connections already handed out go on (they own the socket
@@ -191,6 +201,7 @@ class QuicTransport:
         self._listeners: list[QuicEndpoint] = []
         self._dialers: dict[int, QuicEndpoint] = {}
         self._endpoints: set[QuicEndpoint] = set()
+        self._external: list[Multiaddr] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -207,6 +218,22 @@ class QuicTransport:
     @property
     def endpoints(self) -> list[QuicEndpoint]:
         return list(self._endpoints)
+
+    @property
+    def external_addrs(self) -> list[Multiaddr]:
+        """Addresses added with :meth:`set_external_addrs`."""
+        return list(self._external)
+
+    def set_external_addrs(self, addrs: Iterable[Multiaddr]) -> None:
+        """Replace the external ``/quic-v1`` addresses (observed by peers, port-mapped) that
+        every listener shows in ``multiaddrs``, hence that the host advertises. Others are
+        ignored."""
+        out: list[Multiaddr] = []
+        for given in addrs:
+            a = given.without_p2p()
+            if a.transport_kind() == PROTOCOL and a.ip is not None and a not in out:
+                out.append(a)
+        self._external = out
 
     def _configuration(self, *, is_client: bool) -> Any:
         cfg = self._config
@@ -363,6 +390,17 @@ class QuicTransport:
             shared = self._open_endpoint("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
             self._dialers[family] = shared
         return shared
+
+    def punch_endpoint(self, family: int) -> QuicEndpoint | None:
+        """The listening endpoint that dials to public addresses of ``family`` leave from
+        (bound to the wildcard address), or None. Hole punching needs it: the peer must see
+        the same port for our dials, our raw packets and our listener."""
+        for ep in self._listeners:
+            if ep.family != family or ep.is_closed or not ep.listening:
+                continue
+            if ipaddress.ip_address(ep.local_address[0].split("%")[0]).is_unspecified:
+                return ep
+        return None
 
     def _endpoint_idle(self, endpoint: QuicEndpoint) -> None:
         """Close a listener's socket once it neither listens nor carries connections."""
