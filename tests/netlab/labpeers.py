@@ -36,7 +36,7 @@ class LabPeer:
         role: str,
         *,
         name: str,
-        listen: str,
+        listen: str | list[str],
         nat: dict[str, Any] | None = None,
         seed: str | None = None,
         log: str = "INFO",

@@ -1,7 +1,9 @@
 """A glueberry host with the NAT layer, driven over stdin/stdout (run inside a lab namespace).
 
-``python3 natpeer.py '<json config>'`` where the config has ``listen`` (a multiaddr), an
-optional ``seed`` (hex, 32 bytes: a fixed identity) and ``nat`` (keyword arguments of
+``python3 natpeer.py '<json config>'`` where the config has ``listen`` (a multiaddr or a
+list of them; ``/udp/…/quic-v1`` listens on QUIC), an optional ``seed`` (hex, 32 bytes: a
+fixed identity), ``quic`` (default true: the host has a QUIC transport) and ``nat``
+(keyword arguments of
 :class:`glueberry.nat.manager.NatConfig`; ``relay_limits`` is a dict of
 :class:`~glueberry.proto.relay.RelayLimits`). The peer prints one JSON line
 ``{"ready": true, "peer_id": ..., "addrs": [...]}`` and then answers one JSON command per
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from glueberry.errors import GlueberryError
 from glueberry.nat.events import NatEvent
-from glueberry.nat.manager import NatConfig, NatManager, nat_transports
+from glueberry.nat.manager import NatConfig, NatManager, close_transports, nat_transports
 from glueberry.net.host import Host, HostConfig
 from glueberry.net.testprotocols import (
     ECHO_PROTOCOL,
@@ -226,7 +228,13 @@ async def main() -> int:
     nat_kw = dict(cfg.get("nat", {}))
     if "relay_limits" in nat_kw:
         nat_kw["relay_limits"] = RelayLimits(**nat_kw["relay_limits"])
-    host = Host(key, listen_addrs=[cfg["listen"]], config=HostConfig(transports=nat_transports()))
+    listen = cfg["listen"]
+    transports = nat_transports(key if cfg.get("quic", True) else None)
+    host = Host(
+        key,
+        listen_addrs=[listen] if isinstance(listen, str) else list(listen),
+        config=HostConfig(transports=transports),
+    )
     await host.start()
     register_test_protocols(host, bench=False)
     nat = NatManager(host, NatConfig(**nat_kw))
@@ -251,6 +259,7 @@ async def main() -> int:
     finally:
         await nat.close()
         await host.close()
+        close_transports(transports)
         collector.cancel()
         await asyncio.gather(collector, return_exceptions=True)
     return 0
