@@ -629,6 +629,7 @@ class Node:
             PeerNotFound: no address known.
             ConnectError: in cooldown after a failed handshake, or the dial failed
                 (``ConnectTimeout``, ``PeerIdMismatch``, … for the particular reason).
+            ConnectionLost: the connection closed while connecting, or is closing.
         """
         _, manager, _, _ = self._running()
         await manager.connect(_pid(peer_id), addrs)
