@@ -75,15 +75,15 @@ def _config(args: argparse.Namespace, listen: str) -> Config:
 async def _serve(node: Node) -> None:
     received = 0
     send = node.send
-    async for m in node.messages():
-        tag = m.data[:1]
-        if tag == b"D":
+    async for peer, stream, data, _ in node.messages():
+        tag = data[0] if data else 0
+        if tag == 0x44:  # D
             received += 1
-        elif tag == b"Q":
-            await send(m.peer_id, m.stream_name, b"R" + m.data[1:])
-        elif tag == b"S":
+        elif tag == 0x51:  # Q
+            await send(peer, stream, b"R" + data[1:])
+        elif tag == 0x53:  # S
             reply = f"T{_peak_rss_kib()} {_cpu_s():.6f}".encode()
-            await send(m.peer_id, m.stream_name, reply)
+            await send(peer, stream, reply)
 
 
 async def _wait_for_stop() -> None:
