@@ -54,10 +54,17 @@ class Target:
         self.clients.append(h)
         return h
 
-    async def secured(self, key: PrivateKey = ATTACKER_KEY) -> Hostile:
-        """A hostile client past multistream and Noise (early yamux), ready for frames."""
+    async def secured(self, key: PrivateKey = ATTACKER_KEY, *, wait: bool = True) -> Hostile:
+        """A hostile client past multistream and Noise (early yamux), ready for frames.
+
+        With ``wait``, returns once the host registered the connection: the initiator is done
+        after message 2, and an attack sent before the host finished its side would race the
+        upgrade deadline instead of testing the muxer."""
         h = await self.attacker()
         await h.connect_secure(key, self.peer_id)
+        if wait:
+            n = len(self.host.connections(key.peer_id))
+            await until(lambda: len(self.host.connections(key.peer_id)) > n)
         return h
 
     async def assert_serves_honest_peer(self) -> None:
@@ -81,10 +88,17 @@ async def until(pred: Callable[[], bool], within: float = 3.0) -> None:
             await asyncio.sleep(0.005)
 
 
+#: Deadlines of the tests that wait for them (go: 15 s upgrade, 10 s stream negotiation).
+FAST = {"upgrade_timeout": 1.0, "negotiate_timeout": 1.0}
+#: A connection "closed at once" goes well before the (2 s) deadline of the default target.
+AT_ONCE = 1.5
+
+
 def config(**kw: Any) -> HostConfig:
-    """Short deadlines so that time-outs show within a test's budget."""
-    kw.setdefault("upgrade_timeout", 1.0)
-    kw.setdefault("negotiate_timeout", 1.0)
+    """Short deadlines (2 s) so that time-outs show within a test's budget, long enough that
+    a loaded machine never reaches them where a test expects an immediate rejection."""
+    kw.setdefault("upgrade_timeout", 2.0)
+    kw.setdefault("negotiate_timeout", 2.0)
     kw.setdefault("close_timeout", 1.0)
     return HostConfig(**kw)
 
@@ -120,6 +134,13 @@ async def target() -> AsyncIterator[Target]:
         yield t
 
 
+@pytest.fixture
+async def fast_target() -> AsyncIterator[Target]:
+    """A target with 1 s deadlines, for the tests that wait for them."""
+    async with running_target(config(**FAST)) as t:
+        yield t
+
+
 def _other_tasks() -> set[asyncio.Task[Any]]:
     return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
 
@@ -130,13 +151,28 @@ async def nothing_left_behind() -> AsyncIterator[None]:
     unclosed socket's ResourceWarning is an error (pyproject's filterwarnings)."""
     tasks, fds = _other_tasks(), len(os.listdir("/proc/self/fd"))
     yield
-    for _ in range(100):
-        gc.collect()
+    for i in range(100):
         if _other_tasks() <= tasks and len(os.listdir("/proc/self/fd")) <= fds:
             break
+        if i % 10 == 9:
+            gc.collect()
         await asyncio.sleep(0.02)
+    gc.collect()  # an unclosed socket's ResourceWarning surfaces here (an error)
     assert _other_tasks() <= tasks
     assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Nothing crashes: no attack may reach a catch-all (``logger.exception``: "host task
+    failed", "handler ... failed") or any other ERROR record of glueberry."""
+    yield
+    bad = [
+        r
+        for r in caplog.get_records("call") + caplog.get_records("teardown")
+        if r.name.startswith("glueberry") and r.levelno >= logging.ERROR
+    ]
+    assert not bad, [f"{r.name}: {r.getMessage()}" for r in bad]
 
 
 @pytest.fixture

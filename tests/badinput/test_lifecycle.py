@@ -19,6 +19,7 @@ from glueberry.proto.multistream import encode_message
 from glueberry.wire.identity import PrivateKey
 
 from .conftest import (
+    FAST,
     STALL_PROTOCOL,
     Target,
     config,
@@ -81,7 +82,7 @@ async def test_b40_thousand_half_open_connections_from_one_ip() -> None:
     127.0.0.2 is served meanwhile; the held ones go at the 1 s deadline; memory stays
     bounded."""
     limits = Limits(per_ip_exempt=(), max_inbound_connections=None, max_connections=None)
-    async with running_target(config(limits=limits)) as target:
+    async with running_target(config(limits=limits, **FAST)) as target:
         with memory_growth() as grown:
             flood = await _flood(target.port, 1000)
             up = target.host.upgrader
@@ -104,13 +105,24 @@ async def test_b40_thousand_half_open_connections_from_one_ip() -> None:
 
 async def test_b40_flood_beyond_the_global_cap_from_loopback() -> None:
     """Loopback is exempt from the per-IP cap (as in go-libp2p): the global cap of 64
-    upgrades then holds; everything over it is closed at once and counted."""
-    async with running_target() as target:
+    upgrades then holds (slots come back only at the 1 s deadline); everything over it is
+    closed at once and counted."""
+    async with running_target(config(**FAST)) as target:
         flood = await _flood(target.port, 500)
         try:
             refused = target.host.refused_inbound
-            await until(lambda: refused.get("max_pending_upgrades", 0) + 64 >= len(flood), 10)
-            assert target.host.upgrader.pending_inbound == 64
+            up = target.host.upgrader
+            await until(
+                lambda: (
+                    refused.get("max_pending_upgrades", 0)
+                    + up.pending_inbound
+                    + up.timed_out_inbound
+                    == len(flood)
+                ),
+                10,
+            )
+            assert up.pending_inbound <= 64
+            assert refused.get("max_pending_upgrades", 0) >= len(flood) // 2
             # the deadline frees the slots; service resumes
             await until(lambda: target.host.upgrader.pending_inbound == 0, 3)
             await target.assert_serves_honest_peer()
@@ -127,7 +139,7 @@ async def test_b41_per_peer_connection_cap_and_per_connection_stream_cap(
     rest with 0x1002; totals match the configured limits."""
     limits = Limits(max_inbound_streams_per_connection=100, max_negotiating_streams=50)
     async with running_target(config(limits=limits)) as target:
-        clients = [await target.secured() for _ in range(10)]
+        clients = [await target.secured(wait=False) for _ in range(10)]
         await until(lambda: len(target.host.connections()) == 8)
         await until(
             lambda: len(target.ended) == 0 and logged_error(debug_log, ResourceLimitExceeded)

@@ -15,7 +15,7 @@ from glueberry.errors import HandshakeTimeout, RemoteProtocolError
 from glueberry.net.host import STREAM_PROTOCOL_NEGOTIATION_FAILED
 from glueberry.proto.multistream import MAX_FAILED_PROPOSALS, encode_message
 
-from .conftest import Target, logged_error
+from .conftest import AT_ONCE, Target, logged_error
 from .hostile import FLAG_SYN, MSS, TYPE_DATA, TYPE_WINDOW_UPDATE, Hostile, frame
 
 HEADER = encode_message(MSS)
@@ -28,8 +28,8 @@ def count(data: bytes, msg: bytes) -> int:
 
 async def closed_at_once(h: Hostile) -> bytes:
     t0 = time.monotonic()
-    data = await h.read_until_closed(within=0.8)
-    assert time.monotonic() - t0 < 0.8
+    data = await h.read_until_closed(within=AT_ONCE)
+    assert time.monotonic() - t0 < AT_ONCE
     return data
 
 
@@ -110,10 +110,11 @@ async def test_b07_ls_gets_na_and_negotiation_goes_on(target: Target) -> None:
 
 
 async def test_b07_slowloris_negotiation_hits_the_inbound_deadline(
-    target: Target, debug_log: pytest.LogCaptureFixture
+    fast_target: Target, debug_log: pytest.LogCaptureFixture
 ) -> None:
     """One byte every 50 ms of an endless stream of valid proposals: the whole-upgrade
     deadline (1 s here, go's 15 s) ends it, however busy the peer looks."""
+    target = fast_target
     h = await target.attacker()
     trickle = HEADER + b"".join(encode_message(f"/p{i}") for i in range(MAX_FAILED_PROPOSALS))
     t0 = time.monotonic()
@@ -161,8 +162,9 @@ async def test_b07_stream_malformed_message_resets_the_stream(
         assert await h.echo(3, b"ok") == b"ok"
 
 
-async def test_b07_stream_negotiation_deadline(target: Target) -> None:
+async def test_b07_stream_negotiation_deadline(fast_target: Target) -> None:
     """A stream that never finishes negotiating is reset after the 1 s deadline (go: 10 s)."""
+    target = fast_target
     async with await target.secured() as h:
         await open_raw_stream(h, 1, HEADER)
         t0 = time.monotonic()

@@ -27,7 +27,7 @@ from glueberry.net.upgrader import noise_security
 from glueberry.wire import tlscert
 from glueberry.wire.identity import PrivateKey
 
-from .conftest import ATTACKER_KEY, Target, config, logged_error, running_target
+from .conftest import AT_ONCE, ATTACKER_KEY, Target, config, logged_error, running_target
 from .hostile import Hostile
 
 TLS = "/tls/1.0.0"
@@ -132,8 +132,8 @@ async def attack(target: Target, ssl: SSL.Connection) -> Hostile:
 
 async def assert_refused(target: Target, h: Hostile, caplog: pytest.LogCaptureFixture) -> None:
     t0 = time.monotonic()
-    await h.read_until_closed(within=0.8)
-    assert time.monotonic() - t0 < 0.8
+    await h.read_until_closed(within=AT_ONCE)
+    assert time.monotonic() - t0 < AT_ONCE
     assert logged_error(caplog, SecurityError)
     assert not target.host.connections()
     await h.aclose()
