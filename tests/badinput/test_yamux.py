@@ -435,3 +435,44 @@ async def test_b19_peer_that_grants_no_window_stalls_only_its_stream(target: Tar
         h._plain.clear()
         total = sum(len(f.body) for f in h.frames if f.sid == 1)
         assert sent <= total <= INITIAL_STREAM_WINDOW
+
+
+# --- everything at once ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_random_frame_sequences_never_crash_the_host(target: Target, seed: int) -> None:
+    """Seeded random frames (all types, flag combinations, small IDs, lengths around the
+    windows, bodies): the host either keeps the connection or ends it with GoAway(1); it
+    never logs an error (autouse check) and keeps serving other peers."""
+    import random
+
+    rng = random.Random(seed)
+    h = await target.secured()
+    out = []
+    for _ in range(300):
+        ftype = rng.choice([TYPE_DATA, TYPE_DATA, TYPE_WINDOW_UPDATE, TYPE_PING, TYPE_GO_AWAY])
+        flags = rng.choice([0, 0, FLAG_SYN, FLAG_ACK, FLAG_FIN, FLAG_RST]) | rng.choice(
+            [0, 0, 0, FLAG_SYN | FLAG_FIN, FLAG_ACK | FLAG_RST, FLAG_SYN | FLAG_RST]
+        )
+        sid = rng.choice([0, 1, 2, 3, 5, 7, rng.randrange(1, 64)])
+        length = rng.choice([0, 1, 12, 100, rng.randrange(0, 300)])
+        if ftype == TYPE_DATA:
+            body = rng.randbytes(length) if rng.random() < 0.7 else mss_open(ECHO_PROTOCOL)[:length]
+            length = len(body)
+        else:
+            body = b""
+            if rng.random() < 0.1:
+                length = rng.choice([MAX_U32, INITIAL_STREAM_WINDOW, 0x1001])
+        if ftype == TYPE_GO_AWAY and rng.random() < 0.7:
+            continue  # keep most sequences going past a GoAway
+        out.append(frame(ftype, flags, sid, length, body))
+    h.send(b"".join(out))
+    try:
+        await h.read_frames(lambda f: f.type == TYPE_GO_AWAY, within=1.0)
+    except TimeoutError:
+        pass  # still open: everything was legal enough
+    ga = h.goaway()
+    assert ga is None or ga.length in (0, 1)
+    await h.aclose()
+    await target.assert_serves_honest_peer()
