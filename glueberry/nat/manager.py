@@ -167,6 +167,9 @@ class NatConfig:
     desired_relays: int = 2
     hole_punch_attempts: int = 3
     """DCUtR attempts per relayed connection (spec: retry twice)."""
+    direct_dial_first: bool = True
+    """Before punching, dial the peer's public addresses directly when it advertises any
+    (the spec's and go's behaviour). False punches at once (tests, measurements)."""
     direct_dial_timeout: float = 5.0
     """The plain direct dial tried before punching when the peer has public addresses."""
     punch_timeout: float = 10.0
@@ -521,6 +524,11 @@ class NatManager:
     def _execute(self, commands: Sequence[P.Command]) -> None:
         for cmd in commands:
             match cmd:
+                case P.Dial(peer=peer, reason="dcutr-direct-first") if (
+                    not self.config.direct_dial_first
+                ):
+                    now = asyncio.get_running_loop().time()
+                    self._execute(self.holepunch_policy.on_direct_dial_failed(peer, now))
                 case P.Dial(peer=peer, addrs=addrs):
                     self._spawn(self._dial_direct(peer, addrs), "nat-dial")
                 case P.StartHolePunch(peer=peer, attempt=attempt):

@@ -34,7 +34,7 @@ def _requirements() -> None:
         pytest.fail("NAT lab cannot run: " + "; ".join(problems), pytrace=False)
 
 
-def nat_config(relay: LabPeer, lab: L.NatLab) -> dict[str, Any]:
+def nat_config(relay: LabPeer, lab: L.NatLab, **extra: Any) -> dict[str, Any]:
     return {
         # Over QUIC: the relay then observes (and identify reports) our QUIC socket.
         "relays": [f"/ip4/{lab.relay_ip}/udp/4001/quic-v1/p2p/{relay.peer_id}"],
@@ -44,11 +44,12 @@ def nat_config(relay: LabPeer, lab: L.NatLab) -> dict[str, Any]:
         "direct_dial_timeout": 1.0,
         "punch_timeout": 3.0,
         "relayed_close_grace": 1.0,
+        **extra,
     }
 
 
 class Trio:
-    def __init__(self, lab: L.NatLab) -> None:
+    def __init__(self, lab: L.NatLab, **nat_extra: Any) -> None:
         self.relay = LabPeer(
             lab,
             "relay",
@@ -61,7 +62,7 @@ class Trio:
                 "enable_autonat": False,
             },
         )
-        nat = nat_config(self.relay, lab)
+        nat = nat_config(self.relay, lab, **nat_extra)
         self.a = LabPeer(lab, "h1", name="A", listen=LISTEN, nat=nat)
         self.b = LabPeer(lab, "h2", name="B", listen=LISTEN, nat=nat)
 
@@ -87,6 +88,16 @@ class Trio:
 def trio_port_preserving() -> Iterator[Trio]:
     with L.nat_lab(wan_prefix=WAN) as lab:
         trio = Trio(lab)
+        try:
+            yield trio
+        finally:
+            trio.close()
+
+
+@pytest.fixture
+def trio_punch_only() -> Iterator[Trio]:
+    with L.nat_lab(wan_prefix=WAN) as lab:
+        trio = Trio(lab, direct_dial_first=False)
         try:
             yield trio
         finally:
@@ -130,6 +141,20 @@ def test_dcutr_upgrades_to_a_direct_quic_connection(trio_port_preserving: Trio) 
     assert ev_a["attempts"] == 1
     assert ev_a["addr"] == f"/ip4/{WAN}.2/udp/4001/quic-v1"
     assert not a.events("HolePunchFailed") and not b.events("HolePunchFailed")
+
+
+def test_the_random_packets_alone_open_the_nat(trio_punch_only: Trio) -> None:
+    """Without the direct dial that precedes punching, A (the inbound side) sends nothing to
+    B's public address but its random datagrams: they alone let B's QUIC dial through r1."""
+    t = trio_punch_only
+    a, b = t.a, t.b
+    t.relayed_dial()
+    (conn,) = b.ok("wait_direct", peer=a.peer_id, timeout=20)["conns"]
+    assert conn["transport"] == "quic-v1" and conn["remote"] == [f"{WAN}.1", 4001], conn
+    assert conn["direction"] == "outbound"
+    ev_a = a.wait_event("HolePunchSucceeded")
+    assert ev_a["attempts"] == 1 and ev_a["elapsed"] < 3.0  # no direct-dial timeout first
+    assert b.ok("echo", peer=a.peer_id, size=50_000)["transport"] == "quic-v1"
 
 
 def test_symmetric_nat_quic_punch_fails_cleanly_and_relay_keeps_working(
