@@ -1,6 +1,7 @@
 """Hole-punch success rate and time-to-direct in the NAT lab, with our stack (needs root).
 
-``sudo python3 bench/holepunch_lab.py [--attempts 20] [--symmetric] [--direct-dial-timeout S]``
+``sudo python3 bench/holepunch_lab.py [--attempts 20] [--transport tcp|quic] [--symmetric]
+[--direct-dial-timeout S] [--no-direct-dial]``
 
 Builds the namespace NAT lab (tests/netlab/lab.py: relay on the public segment, A behind r1,
 B behind r2), starts a relay and A once, then for each attempt starts a fresh B on a new
@@ -9,11 +10,16 @@ DCUtR has replaced the relayed connection by a direct one. Prints one line per a
 summary:
 
 * success rate: attempts that ended with a direct connection (B's only connection to A is
-  TCP) within ``--timeout`` seconds;
+  TCP, or QUIC with ``--transport quic``) within ``--timeout`` seconds;
 * time-to-direct, two views: A's ``HolePunchSucceeded.elapsed`` (relayed connection up at A
   -> direct connection up at A) and B's wall time from its relayed dial returning to the
   relayed connection being gone;
 * DCUtR attempts used (1-3; 0 = the plain direct dial worked).
+
+``--transport quic``: the relay also listens on QUIC, A and B listen on QUIC only and reach
+the relay over QUIC (so the relay observes their QUIC sockets), and the punch is QUIC's (B
+dials, A sprays random datagrams and accepts). ``--no-direct-dial`` skips the plain direct
+dial that otherwise precedes punching (``NatConfig.direct_dial_first=False``).
 
 The lab has no added latency (the kernel here lacks netem): times are protocol and
 scheduling overhead plus the configured direct-dial timeout, not WAN round trips.
@@ -43,6 +49,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--attempts", type=int, default=20)
     ap.add_argument("--symmetric", action="store_true", help="masquerade fully-random")
+    ap.add_argument("--transport", choices=("tcp", "quic"), default="tcp")
+    ap.add_argument("--no-direct-dial", action="store_true", help="punch at once")
     ap.add_argument("--direct-dial-timeout", type=float, default=1.0)
     ap.add_argument("--punch-timeout", type=float, default=3.0)
     ap.add_argument("--timeout", type=float, default=None, help="per attempt (default: 3 tries)")
@@ -60,12 +68,20 @@ def main() -> int:
         "direct_dial_timeout": args.direct_dial_timeout,
         "punch_timeout": args.punch_timeout,
         "relayed_close_grace": 1.0,
+        "direct_dial_first": not args.no_direct_dial,
     }
+    quic = args.transport == "quic"
     print(
         f"NAT lab, {'symmetric' if args.symmetric else 'port-preserving'} NATs, "
-        f"{args.attempts} attempts; direct_dial_timeout={args.direct_dial_timeout} s, "
+        f"{args.transport}, {args.attempts} attempts; "
+        f"direct_dial_timeout={args.direct_dial_timeout} s"
+        f"{' (no direct dial)' if args.no_direct_dial else ''}, "
         f"punch_timeout={args.punch_timeout} s"
     )
+
+    def listen(port: int) -> str:
+        return f"/ip4/0.0.0.0/udp/{port}/quic-v1" if quic else f"/ip4/0.0.0.0/tcp/{port}"
+
     ok_elapsed_a: list[float] = []
     ok_wall_b: list[float] = []
     dcutr_attempts: list[int] = []
@@ -75,7 +91,7 @@ def main() -> int:
             lab,
             "relay",
             name="relay",
-            listen=f"/ip4/{lab.relay_ip}/tcp/4001",
+            listen=[f"/ip4/{lab.relay_ip}/tcp/4001", f"/ip4/{lab.relay_ip}/udp/4001/quic-v1"],
             nat={
                 "enable_relay_service": True,
                 "enable_relay_client": False,
@@ -83,14 +99,18 @@ def main() -> int:
                 "enable_autonat": False,
             },
         )
-        nat = {"relays": [f"/ip4/{lab.relay_ip}/tcp/4001/p2p/{relay.peer_id}"], **nat_common}
-        a = LabPeer(lab, "h1", name="A", listen="/ip4/0.0.0.0/tcp/4001", nat=nat)
+        relay_addr = (
+            f"/ip4/{lab.relay_ip}/udp/4001/quic-v1" if quic else f"/ip4/{lab.relay_ip}/tcp/4001"
+        )
+        nat = {"relays": [f"{relay_addr}/p2p/{relay.peer_id}"], **nat_common}
+        a = LabPeer(lab, "h1", name="A", listen=listen(4001), nat=nat)
         try:
             rsvp = a.wait_event("ReservationObtained")
             a.ok("wait_observed", timeout=20)
-            target = f"{rsvp['addrs'][0]}/p2p/{a.peer_id}"
+            circuit = next(x for x in rsvp["addrs"] if ("/quic-v1/" in x) == quic)
+            target = f"{circuit}/p2p/{a.peer_id}"
             for i in range(1, args.attempts + 1):
-                b = LabPeer(lab, "h2", name=f"B{i}", listen=f"/ip4/0.0.0.0/tcp/{4200 + i}", nat=nat)
+                b = LabPeer(lab, "h2", name=f"B{i}", listen=listen(4200 + i), nat=nat)
                 try:
                     b.ok("wait_observed", timeout=20)
                     b.ok("connect", addr=target)
@@ -98,6 +118,9 @@ def main() -> int:
                     res = b.call("wait_direct", peer=a.peer_id, timeout=args.timeout)
                     wall = time.monotonic() - t0
                     n_ok = len(a.events("HolePunchSucceeded"))
+                    want = "quic-v1" if quic else "tcp"
+                    if res["ok"] and [c["transport"] for c in res["conns"]] != [want]:
+                        res = {"ok": False, "error": f"direct but not {want}: {res['conns']}"}
                     if res["ok"]:
                         ev = next(
                             e
