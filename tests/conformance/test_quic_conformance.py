@@ -119,9 +119,12 @@ def make_bulk() -> HarnessFactory:
         (1, 100, 3),
         pytest.param(1, 100, 100, marks=pytest.mark.slow),
         pytest.param(10, 10, 50, marks=pytest.mark.slow),
-        pytest.param(1, 1000, 10, marks=pytest.mark.slow),
+        # QUIC peers cap concurrent streams (go and rust: 256), so the 1000-stream cell of
+        # the yamux matrix becomes 256 streams here; aioquic also walks every open stream
+        # for each packet it builds, which makes 1000 busy streams a CPU test of aioquic.
+        pytest.param(1, 256, 10, marks=pytest.mark.slow),
     ],
-    ids=["1x1x1", "1x1x100", "1x50x20", "5x10x10", "1x100x3", "1x100x100", "10x10x50", "1x1000x10"],
+    ids=["1x1x1", "1x1x100", "1x50x20", "5x10x10", "1x100x3", "1x100x100", "10x10x50", "1x256x10"],
 )
 async def test_go_muxer_stress(
     make_bulk: HarnessFactory, conns: int, streams: int, msgs: int

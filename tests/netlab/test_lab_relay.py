@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.netlab import lab as L
-from tests.netlab.labpeers import LabPeer
+from tests.netlab.labpeers import LabPeer, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -76,6 +76,9 @@ def test_relayed_connection_through_two_nats(lab: L.NatLab) -> None:
             assert got["transport"] == "circuit" and got["peer"] == a.peer_id
             # Noise and yamux run end to end over the circuit, on both sides.
             (bc,) = b.ok("conns", peer=a.peer_id)["conns"]
+            # A registers the inbound circuit once its own upgrade finishes, which can be a
+            # moment after B's connect returns.
+            assert wait_until(lambda: a.ok("conns", peer=b.peer_id)["conns"], timeout=10)
             (ac,) = a.ok("conns", peer=b.peer_id)["conns"]
             for c in (ac, bc):
                 assert (c["transport"], c["security"], c["muxer"]) == (
