@@ -3,8 +3,10 @@
 ::
 
     glueberry id     [--key FILE]                  create or show an identity, print its peer ID
-    glueberry listen [--listen MULTIADDR] [--key FILE]
+    glueberry listen [--listen MULTIADDR]... [--key FILE]
                                                    serve identify, ping and the test protocols
+                                                   (default: loopback TCP and, with the quic
+                                                   extra, loopback QUIC)
     glueberry ping   MULTIADDR [-c N] [-i SECONDS] ping a peer like ping(8)
     glueberry demo                                 two nodes on loopback: connect, identify,
                                                    ping, echo; prints timings
@@ -38,6 +40,7 @@ from glueberry.errors import (
     ConnectError,
     GlueberryError,
     HandshakeError,
+    HandshakeTimeout,
     NegotiationFailed,
     PeerIdMismatch,
     SecurityError,
@@ -54,6 +57,18 @@ EXIT_SECURITY: Final = 4
 EXIT_INTERRUPTED: Final = 130
 
 DEFAULT_LISTEN: Final = "/ip4/127.0.0.1/tcp/0"
+DEFAULT_LISTEN_QUIC: Final = "/ip4/127.0.0.1/udp/0/quic-v1"
+
+
+def default_listen_addrs() -> list[str]:
+    """What ``glueberry listen`` binds without ``--listen``: loopback TCP, and loopback QUIC
+    when aioquic (the ``quic`` extra) is installed. Loopback only: exposing a node to the
+    network is an explicit choice (``--listen /ip4/0.0.0.0/tcp/4001``)."""
+    from glueberry.net.transports import quic_available
+
+    return [DEFAULT_LISTEN, DEFAULT_LISTEN_QUIC] if quic_available() else [DEFAULT_LISTEN]
+
+
 #: Give up on reaching a peer after this long.
 CONNECT_TIMEOUT: Final = 10.0
 
@@ -131,6 +146,13 @@ def _explain(exc: BaseException, target: str) -> CliError:
             "check the /p2p/ part of the address",
             EXIT_SECURITY,
         )
+    if isinstance(exc, HandshakeTimeout) and target.endswith("/quic-v1"):
+        # QUIC connects and authenticates in one handshake: silence means unreachable.
+        return CliError(
+            f"no answer from {target} ({exc}): is the node running, and is the address "
+            "(UDP) reachable from here?",
+            EXIT_UNREACHABLE,
+        )
     if isinstance(exc, SecurityError | HandshakeError):
         return CliError(f"secure handshake with {target} failed: {exc}", EXIT_SECURITY)
     if isinstance(exc, TimeoutError):
@@ -176,14 +198,15 @@ async def _listen(args: argparse.Namespace, out: TextIO) -> int:
             print(f"created a new identity in {args.key}", file=sys.stderr)
     else:
         key = PrivateKey.generate()
+    texts: list[str] = args.listen or default_listen_addrs()
+    listen: list[Multiaddr] = []
+    for text in texts:
+        try:
+            listen.append(Multiaddr(text))
+        except MultiaddrError as exc:
+            raise CliError(f"not a valid listen multiaddr: {text!r} ({exc})", EXIT_USAGE) from exc
     try:
-        listen = Multiaddr(args.listen)
-    except MultiaddrError as exc:
-        raise CliError(
-            f"not a valid listen multiaddr: {args.listen!r} ({exc})", EXIT_USAGE
-        ) from exc
-    try:
-        host = Host(key, listen_addrs=[listen], config=HostConfig(limits=TEST_LIMITS))
+        host = Host(key, listen_addrs=listen, config=HostConfig(limits=TEST_LIMITS))
         async with host:
             IdentifyService(host)
             PingService(host)
@@ -200,9 +223,10 @@ async def _listen(args: argparse.Namespace, out: TextIO) -> int:
             )
             await asyncio.Event().wait()
     except OSError as exc:
-        raise CliError(
-            f"cannot listen on {args.listen}: {exc.strerror or exc}", EXIT_USAGE
-        ) from exc
+        where = " ".join(texts)
+        raise CliError(f"cannot listen on {where}: {exc.strerror or exc}", EXIT_USAGE) from exc
+    except ConnectError as exc:  # port in use, no transport for the address (e.g. no aioquic)
+        raise CliError(f"{exc}", EXIT_USAGE) from exc
     return EXIT_OK
 
 
@@ -218,13 +242,22 @@ async def _ping(args: argparse.Namespace, out: TextIO) -> int:
         IdentifyService(host)
         pinger = PingService(host)
         print(f"PING {peer} via {addr}", file=out, flush=True)
+        if addr.transport_kind() == "quic-v1":
+            with contextlib.suppress(ImportError):  # load aioquic before the clock starts
+                import glueberry.transport.quic  # noqa: F401
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                await host.connect(peer, [addr])
+                conn = await host.connect(peer, [addr])
         except (GlueberryError, OSError, TimeoutError) as exc:
             raise _explain(exc, str(addr)) from exc
-        print(f"connected in {_ms(time.perf_counter() - t0)}", file=out, flush=True)
+        # The address chooses the transport: /tcp/ (Noise or TLS, yamux) or /quic-v1 (TLS).
+        how = (
+            f"QUIC ({conn.security_protocol})"
+            if conn.transport_name == "quic-v1"
+            else f"{conn.transport_name.upper()} + {conn.security_protocol} + {conn.muxer_protocol}"
+        )
+        print(f"connected in {_ms(time.perf_counter() - t0)} over {how}", file=out, flush=True)
         rtts: list[float] = []
         sent = 0
         try:
@@ -339,11 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="FILE", help=f"identity file (default {default_key_path()})")
 
     p = sub.add_parser("listen", help="run a node that answers identify, ping and echo")
-    p.add_argument("--listen", metavar="MULTIADDR", default=DEFAULT_LISTEN, help="%(default)s")
+    p.add_argument(
+        "--listen",
+        metavar="MULTIADDR",
+        action="append",
+        help="address to listen on; repeat for several (TCP /ip4/…/tcp/PORT, QUIC "
+        "/ip4/…/udp/PORT/quic-v1). Default: "
+        + " and ".join(default_listen_addrs())
+        + " (loopback only)",
+    )
     p.add_argument("--key", metavar="FILE", help="identity file (default: a fresh identity)")
 
     p = sub.add_parser("ping", help="ping a peer, e.g. one started with `glueberry listen`")
-    p.add_argument("addr", metavar="MULTIADDR", help="/ip4/.../tcp/.../p2p/<peer ID>")
+    p.add_argument(
+        "addr",
+        metavar="MULTIADDR",
+        help="/ip4/.../tcp/.../p2p/<peer ID> or /ip4/.../udp/.../quic-v1/p2p/<peer ID>",
+    )
     p.add_argument("-c", "--count", type=int, default=4, help="pings to send (default 4)")
     p.add_argument(
         "-i", "--interval", type=float, default=1.0, help="seconds between pings (default 1)"
