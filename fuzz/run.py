@@ -1,9 +1,13 @@
 """Run every fuzz target in this folder for FUZZTIME seconds each.
 
 Each target is a module ``fuzz_*.py`` exposing ``TARGET(data: bytes) -> None`` whose
-invariant is "parses, or raises RemoteProtocolError, nothing else". Under atheris (when it is
-installed and ``--atheris`` is given) the target is coverage-guided; otherwise random and
-mutated inputs from the seed corpus are fed for the time budget, which is what CI runs.
+invariant is "parses, or raises RemoteProtocolError, nothing else".
+
+Engines (``FUZZ_ENGINE``): ``atheris`` runs each target coverage-guided in its own process,
+seeded with the target's ``SEEDS`` (the default when atheris is installed); ``random`` feeds
+random and mutated seed inputs in-process (the fallback where atheris does not install).
+
+Usage: ``FUZZTIME=30 python3 fuzz/run.py [fuzz_name ...]``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import importlib
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,16 +65,67 @@ def run_target(
     return n
 
 
+def _atheris_available() -> bool:
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_atheris_one(name: str, budget: float) -> None:
+    """Run one target under atheris in this process (atheris exits when done)."""
+    import atheris
+
+    with atheris.instrument_imports(include=["glueberry"]):
+        mod = importlib.import_module(f"fuzz.{name}")
+    target: Callable[[bytes], None] = mod.TARGET
+
+    def one_input(data: bytes) -> None:
+        try:
+            target(data)
+        except RemoteProtocolError:
+            pass
+
+    corpus = Path(tempfile.mkdtemp(prefix=f"glueberry-{name}-"))
+    for i, seed in enumerate(getattr(mod, "SEEDS", [])):
+        (corpus / f"seed{i}").write_bytes(seed)
+    args = [sys.argv[0], f"-max_total_time={max(1, int(budget))}", "-rss_limit_mb=2048"]
+    atheris.Setup([*args, str(corpus)], one_input)
+    atheris.Fuzz()
+
+
 def main() -> int:
     budget = float(os.environ.get("FUZZTIME", "10"))
-    only = sys.argv[1:]
+    args = sys.argv[1:]
+    if args[:1] == ["--atheris-one"]:
+        run_atheris_one(args[1], budget)
+        return 0
+    engine = os.environ.get("FUZZ_ENGINE") or ("atheris" if _atheris_available() else "random")
     targets = sorted(p.stem for p in HERE.glob("fuzz_*.py"))
+    failed = []
     for name in targets:
-        if only and name not in only:
+        if args and name not in args:
+            continue
+        if engine == "atheris":
+            proc = subprocess.run(
+                [sys.executable, __file__, "--atheris-one", name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            tail = [ln for ln in proc.stderr.splitlines() if ln.startswith(("#", "Done"))][-1:]
+            print(f"{name}: atheris exit {proc.returncode} {' '.join(tail)}")
+            if proc.returncode != 0:
+                print(proc.stderr[-4000:], file=sys.stderr)
+                failed.append(name)
             continue
         mod = importlib.import_module(f"fuzz.{name}")
         seeds: list[bytes] = list(getattr(mod, "SEEDS", []))
         run_target(name, mod.TARGET, seeds, budget)
+    if failed:
+        print(f"fuzz targets with findings: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
