@@ -31,12 +31,23 @@ addresses in order, each under ``dial_address_timeout`` and all under ``dial_tim
 caller cancelled while waiting leaves the dial running for the others; the last waiter to
 go cancels it, so nothing half-open outlives its callers.
 
-Streams. :meth:`Host.new_stream` opens a yamux stream and runs multistream-select as dialer.
-An inbound stream is negotiated as listener against the registered handlers (10 s deadline,
-at most ``max_negotiating_streams`` at once per connection; over the limits it is reset with
-go's code 0x1002), then handed to its handler in the connection's task group. Bytes the
-other side pipelined behind the negotiation are served first by the stream (B-08). The
-handler owns the stream: the host does not close it when the handler returns.
+Transports (:mod:`glueberry.net.transports`). An address goes to the first transport that
+can dial it (``/tcp/…`` to TCP, ``/udp/…/quic-v1`` to QUIC); the defaults are TCP, plus QUIC
+when aioquic is installed, and a host may listen on both at once (identify advertises every
+listen address). A *muxed* transport (QUIC) hands over connections that are already
+authenticated and multiplexed, so they skip the upgrader; the same checks run at its hooks
+instead: ``allow_accept`` and the inbound limits in its accept filter (before any handshake
+work), the reservation, ``allow_secured`` and the per-peer limit when it delivers the
+authenticated connection (outbound: when ``dial`` returns). Its streams then take the same
+path as yamux streams. Default security on TCP is Noise, then TLS when pyOpenSSL is
+installed (the order is argued in :mod:`glueberry.net.transports`).
+
+Streams. :meth:`Host.new_stream` opens a stream (yamux or QUIC) and runs multistream-select
+as dialer. An inbound stream is negotiated as listener against the registered handlers
+(10 s deadline, at most ``max_negotiating_streams`` at once per connection; over the limits
+it is reset with go's code 0x1002), then handed to its handler in the connection's task
+group. Bytes the other side pipelined behind the negotiation are served first by the stream
+(B-08). The handler owns the stream: the host does not close it when the handler returns.
 
 Simultaneous dials (both peers dial each other at once). Both connections are kept, as
 go-libp2p does: neither side sees a failure. To converge, :meth:`Host.connection_for` (used
