@@ -30,9 +30,10 @@ Defaults (what ``HostConfig(transports=None, security=None)`` gives):
   is installed. As listener we accept either (multistream-select takes the dialer's first
   proposal we support: go-libp2p proposes TLS first, so go lands on TLS; js-libp2p and we
   propose Noise first, so we land on Noise). As dialer we propose Noise first because it is
-  cheaper for us: no certificate to generate and no X.509 parsing per connection, and its
-  handshake runs in our own code without an OpenSSL context per connection. TLS stays
-  available for peers that only speak TLS.
+  cheaper for us: no OpenSSL context, X.509 parsing and certificate checks per connection
+  (measured on loopback, both ends in one process: Noise connects in about 7 ms with 4 ms of
+  CPU, TLS in about 13 ms with 8 ms). TLS stays available for peers that only speak TLS, and
+  costs a TLS-only peer one extra round trip (``na`` for Noise).
 """
 
 from __future__ import annotations
