@@ -47,7 +47,7 @@ import logging
 import socket
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from glueberry.errors import ConnectError, ConnectionLost, ConnectTimeout, LocalProtocolError
@@ -360,6 +360,33 @@ class TcpConnection(asyncio.Protocol):
             transport.resume_reading()
 
 
+_AddrInfo = tuple[int, int, int, str, tuple[object, ...]]
+
+
+async def _resolve_passive(host: str, port: int) -> Sequence[_AddrInfo]:
+    """``getaddrinfo`` for a listen address; IP literals without the executor.
+
+    ``loop.getaddrinfo`` always runs in the default thread pool, and a ``str`` host is
+    encoded with the ``idna`` codec: the first listen would start a thread and import
+    ``unicodedata`` (together about 2 MB of resident memory) just to parse ``127.0.0.1``.
+    A numeric host as ASCII bytes with ``AI_NUMERICHOST`` never blocks, so it runs inline.
+    """
+    flags = socket.AI_PASSIVE
+    try:
+        numeric = host.encode("ascii")
+    except UnicodeEncodeError:
+        numeric = None
+    if numeric is not None:
+        try:
+            return socket.getaddrinfo(
+                numeric, port, type=socket.SOCK_STREAM, flags=flags | socket.AI_NUMERICHOST
+            )
+        except socket.gaierror:
+            pass  # a name: resolve it the usual way
+    loop = asyncio.get_running_loop()
+    return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+
+
 # A timeout argument (not only asyncio.timeout) because the upgrader passes per-address
 # connect deadlines down, as go-libp2p does with its dial timeout.
 async def dial(
@@ -452,11 +479,8 @@ class TcpListener:
         Raises:
             ConnectError: the address cannot be resolved or bound.
         """
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
+            infos = await _resolve_passive(host, port)
         except OSError as exc:
             raise ConnectError(f"cannot resolve listen address {host!r}") from exc
         socks: list[socket.socket] = []
