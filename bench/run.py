@@ -6,7 +6,8 @@ processes on 127.0.0.1. Rounds are interleaved (round r runs every implementatio
 a rotated order), so implementations of one round share the machine's conditions and the
 per-round ratios stay meaningful on a noisy 2-core box. Results go to ``docs/benchmarks.md``
 (table, ratios against js-libp2p and the asyncio floor, machine, date, command) and the raw
-runs to ``bench/results/last.json``.
+runs to ``bench/results/last.json``. Hand-written blocks of the previous report delimited by
+``<!-- name:begin -->`` / ``<!-- name:end -->`` are kept, in order, after the generated part.
 
     python3 bench/run.py                  # 3 full rounds (several minutes; machine must be quiet)
     python3 bench/run.py --quick          # 1 small round: a smoke test of the runner
@@ -34,6 +35,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -73,6 +75,7 @@ class Impl:
     dialer: list[str]  # the listener's multiaddr is appended, then the workload flags
     cwd: Path
     note: str
+    env: dict[str, str] | None = None  # None: inherit ours
 
 
 class Unavailable(Exception):
@@ -193,12 +196,24 @@ def prepare_glueberry(cmd: str) -> Impl:
             sys.path.remove(str(ROOT))
         if not found:
             raise Unavailable(f"module {module} does not exist yet")
+    # Installed packages (the stdlib, cryptography, py-libp2p in its venv) come with their
+    # bytecode compiled by pip; this source tree does not, and PYTHONDONTWRITEBYTECODE (set
+    # in some environments) would make every peer process compile it again, which costs
+    # time and about 2 MB of peak RSS. Compile it once, as an install would.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "glueberry")],
+        check=False,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     return Impl(
         "glueberry (Python)",
         [*argv, "listen"],
         [*argv, "dial"],
         ROOT,
-        f"`{cmd}`, TCP + Noise + yamux",
+        f"`{cmd}`, TCP + Noise + yamux (package byte-compiled like an installed one)",
+        env,
     )
 
 
@@ -228,6 +243,7 @@ def one_run(impl: Impl, extra: list[str], timeout: float) -> dict[str, Any]:
         lp = subprocess.Popen(
             impl.listener,
             cwd=impl.cwd,
+            env=impl.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=lerr,
@@ -244,6 +260,7 @@ def one_run(impl: Impl, extra: list[str], timeout: float) -> dict[str, Any]:
                 [*impl.dialer, addr, *extra],
                 check=False,
                 cwd=impl.cwd,
+                env=impl.env,
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -422,7 +439,19 @@ def write_report(
         "ratios. Raw runs: `bench/results/last.json` (not committed).",
         "",
     ]
+    kept = kept_sections(path.read_text() if path.exists() else "")
+    if kept:
+        lines += [*kept, ""]
     path.write_text("\n".join(lines))
+
+
+_SECTION = re.compile(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", re.DOTALL)
+
+
+def kept_sections(old: str) -> list[str]:
+    """Hand-written ``<!-- name:begin --> ... <!-- name:end -->`` blocks of the previous
+    report, verbatim and in order: a rerun replaces the generated figures only."""
+    return [m.group(0) for m in _SECTION.finditer(old)]
 
 
 # ------------------------------------------------------------------ main
