@@ -16,7 +16,10 @@ RSS KiB and CPU seconds. The listener side lives in :mod:`glueberry.net.testprot
 
 Measured exactly as the reference dialers do: setup = fresh connection + stream + 1-byte
 round trip (median phases), message rate and bulk timed from the first write to the ``K``,
-CPU of both processes from ``R`` before and after.
+CPU of both processes from ``R`` before and after. Beyond the reference dialers' keys, the
+JSON carries the CPU of one setup (``setup_cpu_ms_dialer`` / ``_listener``) and of one
+round trip (``rtt_cpu_us_dialer`` / ``_listener``): on a shared machine they vary far less
+than the wall-clock figures.
 """
 
 from __future__ import annotations
@@ -94,6 +97,11 @@ async def dial(args: argparse.Namespace) -> dict[str, object]:
         # 1. setup: dial + Noise + yamux + stream open + 1-byte round trip, fresh each time
         setup: list[float] = []
         phases: list[tuple[float, float, float]] = []
+        c0 = (0.0, 0.0)
+        if args.setup_n:
+            conn = await host.connect(peer, [addr])
+            c0 = (_cpu_s(), (await _remote(host, peer))[1])
+            await conn.close()
         for _ in range(args.setup_n):
             t0 = now()
             conn = await host.connect(peer, [addr])
@@ -113,6 +121,11 @@ async def dial(args: argparse.Namespace) -> dict[str, object]:
             res["setup_phases_ms"] = [statistics.median(p[j] for p in phases) for j in range(3)]
 
         await host.connect(peer, [addr])
+        if args.setup_n:
+            # CPU of one setup, each side: n + 1 connections were made and closed
+            c1 = (_cpu_s(), (await _remote(host, peer))[1])
+            res["setup_cpu_ms_dialer"] = (c1[0] - c0[0]) / (args.setup_n + 1) * 1e3
+            res["setup_cpu_ms_listener"] = (c1[1] - c0[1]) / (args.setup_n + 1) * 1e3
 
         # 2. small messages: n x [u32 len][payload], one write per message, one direction
         if args.msgs > 0:
@@ -155,13 +168,18 @@ async def dial(args: argparse.Namespace) -> dict[str, object]:
             msg = b"p" * args.msg_size
             rtts: list[float] = []
             for i in range(args.rtt_n + args.warmup):
+                if i == args.warmup:
+                    c0 = (_cpu_s(), (await _remote(host, peer))[1])
                 t0 = now()
                 await s.write(msg)
                 await s.readexactly(args.msg_size)
                 if i >= args.warmup:
                     rtts.append((now() - t0) * 1e6)
+            c1 = (_cpu_s(), (await _remote(host, peer))[1])
             res["rtt_us_median"] = statistics.median(rtts)
             res["rtt_us_p99"] = _pct(rtts, 99)
+            res["rtt_cpu_us_dialer"] = (c1[0] - c0[0]) / args.rtt_n * 1e6
+            res["rtt_cpu_us_listener"] = (c1[1] - c0[1]) / args.rtt_n * 1e6
             await s.close()
 
         # 5. peak RSS of both processes
