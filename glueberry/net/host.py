@@ -52,8 +52,9 @@ group. Bytes the other side pipelined behind the negotiation are served first by
 Simultaneous dials (both peers dial each other at once). Both connections are kept, as
 go-libp2p does: neither side sees a failure. To converge, :meth:`Host.connection_for` (used
 by :meth:`Host.connect` and :meth:`Host.new_stream`) prefers, among live connections to a
-peer, the one dialed by the peer with the lower peer ID, then the oldest. Both ends compute
-the same choice, so new streams flow over one connection and the other one idles.
+peer, a direct one over a relayed one (``/p2p-circuit``), then the one dialed by the peer
+with the lower peer ID, then the oldest. Both ends compute the same choice, so new streams
+flow over one connection and the other one idles.
 
 Notifications. :meth:`Host.add_connection_listener` registers synchronous
 ``on_connected(conn)`` / ``on_disconnected(conn)`` callbacks, called on the loop in
@@ -694,16 +695,21 @@ class Host:
         return [r.muxed for r in recs if r.muxed is not None and not r.muxed.is_closed]
 
     def connection_for(self, peer_id: PeerId) -> MuxedConnection | None:
-        """The preferred live connection to ``peer_id`` (see "Simultaneous dials")."""
+        """The preferred live connection to ``peer_id`` (see "Simultaneous dials").
+
+        A direct connection is preferred to a relayed one (``/p2p-circuit``, limited by the
+        relay), as go-libp2p does: once a hole punch succeeds, new streams go direct.
+        """
         best: _Conn | None = None
-        best_key: tuple[bool, float] | None = None
+        best_key: tuple[bool, bool, float] | None = None
         for rec in self._by_peer.get(peer_id, ()):
             if rec.muxed is None or rec.muxed.is_closed:
                 continue
+            relayed = rec.muxed.transport_name == "circuit"
             # Dialed by the lower peer ID: outbound if we are lower, inbound if they are.
             dialer_is_us = rec.direction is Direction.OUTBOUND
             preferred = dialer_is_us == (self.peer_id < peer_id)
-            key = (not preferred, rec.opened_at)
+            key = (relayed, not preferred, rec.opened_at)
             if best_key is None or key < best_key:
                 best, best_key = rec, key
         return best.muxed if best is not None else None
