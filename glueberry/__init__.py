@@ -60,6 +60,8 @@ from glueberry.events import (
     EventsDropped,
     EventSubscription,
     IncomingMessage,
+    PeerConnectionChanged,
+    RelayLimitReached,
 )
 from glueberry.node import (
     HANDSHAKE_STREAM,
@@ -116,6 +118,7 @@ __all__ = [
     "NodeStateError",
     "NopMetrics",
     "PeerBlacklisted",
+    "PeerConnectionChanged",
     "PeerEntry",
     "PeerId",
     "PeerIdMismatch",
@@ -125,6 +128,7 @@ __all__ = [
     "PrometheusMetrics",
     "ProtocolError",
     "ProtocolVersion",
+    "RelayLimitReached",
     "RemoteProtocolError",
     "ResourceLimitExceeded",
     "SecurityError",

@@ -43,7 +43,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -55,6 +55,9 @@ from glueberry.peers.reconnect import BackoffPolicy
 from glueberry.proto.gb_framing import MAX_MESSAGE_SIZE_LIMIT
 from glueberry.wire.identity import PeerId, PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from glueberry.nat.manager import NatConfig
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -205,6 +208,30 @@ class Config:
     clock: Clock = field(default_factory=LoopClock)
     """Time source (``glueberry.testing.FakeClock`` in tests)."""
 
+    # --- NAT traversal (docs/nat.md, "NAT traversal for Node users") ---
+    relays: Sequence[Multiaddr | str] = ()
+    """Circuit relay v2 relays, ``<addr>/p2p/<relay id>``: the node reserves a slot with
+    them while it is not known to be publicly reachable and advertises the relayed
+    addresses (``…/p2p-circuit``), so peers can reach it behind a NAT. Stored as a tuple of
+    ``Multiaddr``. Non-empty turns the NAT layer on."""
+    enable_hole_punching: bool | None = None
+    """DCUtR hole punching on relayed connections (both roles). ``None``: on whenever the
+    NAT layer runs (relays configured, or another NAT switch on); ``True`` also turns the
+    NAT layer on (a node without relays can then dial peers' relayed addresses and punch);
+    ``False``: never."""
+    enable_relay_service: bool = False
+    """Serve as a circuit relay for other peers (a public node); turns the NAT layer on."""
+    enable_port_mapping: bool = False
+    """Map the TCP listen ports on the gateway (NAT-PMP, then UPnP IGD) and advertise the
+    mapped addresses; turns the NAT layer on."""
+    enable_autonat: bool = False
+    """Probe reachability with AutoNAT (v2, else v1) and serve AutoNAT to others; turns the
+    NAT layer on. Off: reservations are kept while reachability is unknown."""
+    nat_config: NatConfig | None = None
+    """Tuning for the NAT layer (``glueberry.nat.manager.NatConfig``: timings, relay service
+    limits, private addresses, forced reachability, ...). Its ``relays`` and ``enable_*``
+    switches are replaced by the fields above; setting them here is an error."""
+
     def __post_init__(self) -> None:
         s = object.__setattr__
         s(self, "private_key", _normalize_key(self.private_key))
@@ -297,6 +324,50 @@ class Config:
             raise ConfigError("tracer must be a glueberry Tracer or None")
         if not isinstance(self.clock, Clock):
             raise ConfigError("clock must implement the glueberry Clock protocol")
+        self._check_nat()
+
+    def _check_nat(self) -> None:
+        if isinstance(self.relays, str | bytes) or not isinstance(self.relays, Sequence):
+            raise ConfigError("relays must be a list of relay multiaddrs")
+        relays: dict[Multiaddr, None] = {}
+        for item in self.relays:
+            try:
+                ma = Multiaddr(item)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"relay address {item!r} is not a valid multiaddr") from exc
+            relay_id = ma.peer_id
+            if relay_id is None or ma.is_relayed or ma.without_p2p().transport_kind() is None:
+                raise ConfigError(
+                    f"relay address {ma} must be a direct address ending in /p2p/<relay id>"
+                )
+            if relay_id == self.identity.peer_id:
+                raise ConfigError(f"relay address {ma} names this node itself")
+            relays[ma] = None
+        object.__setattr__(self, "relays", tuple(relays))
+        if self.enable_hole_punching is not None and not isinstance(
+            self.enable_hole_punching, bool
+        ):
+            raise ConfigError("enable_hole_punching must be True, False or None (automatic)")
+        for name in ("enable_relay_service", "enable_port_mapping", "enable_autonat"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool")
+        if self.nat_config is not None:
+            from glueberry.nat.manager import NatConfig as _NatConfig
+
+            nat = self.nat_config
+            if not isinstance(nat, _NatConfig):
+                raise ConfigError("nat_config must be a glueberry.nat.manager.NatConfig")
+            if nat.relays:
+                raise ConfigError("set relays on Config, not in nat_config")
+            defaults = _NatConfig()
+            for name in (
+                "enable_relay_service",
+                "enable_hole_punching",
+                "enable_port_mapping",
+                "enable_autonat",
+            ):
+                if getattr(nat, name) != getattr(defaults, name):
+                    raise ConfigError(f"set {name} on Config, not in nat_config")
 
     # --- derived views ---
 
@@ -324,6 +395,32 @@ class Config:
         """``address_book_path`` as a ``Path``."""
         p = self.address_book_path
         return None if p is None else Path(p)
+
+    @property
+    def relay_addresses(self) -> tuple[Multiaddr, ...]:
+        """``relays`` as parsed multiaddrs."""
+        relays = self.relays
+        assert isinstance(relays, tuple)
+        return relays
+
+    @property
+    def hole_punching(self) -> bool:
+        """Whether DCUtR runs (``enable_hole_punching`` resolved)."""
+        if self.enable_hole_punching is None:
+            return self.nat_enabled
+        return self.enable_hole_punching
+
+    @property
+    def nat_enabled(self) -> bool:
+        """Whether the node runs the NAT layer (relays, relay service, port mapping,
+        AutoNAT or hole punching asked for)."""
+        return bool(
+            self.relays
+            or self.enable_relay_service
+            or self.enable_port_mapping
+            or self.enable_autonat
+            or self.enable_hole_punching
+        )
 
     @property
     def reconnect_base_delay(self) -> float:

@@ -38,16 +38,22 @@ from typing import Generic, Literal, NamedTuple, TypeVar
 
 from glueberry.errors import Backpressure, ErrorCode, NodeStateError, StreamClosed
 from glueberry.peers.state import ConnectionState
+from glueberry.peers.stats import ConnectionType
 from glueberry.wire.identity import PeerId
+from glueberry.wire.multiaddr import Multiaddr
 
 __all__ = [
+    "ConnectionChange",
     "ConnectionEvent",
+    "ConnectionType",
     "EventBroadcaster",
     "EventFilter",
     "EventSubscription",
     "EventsDropped",
     "IncomingMessage",
     "OverflowPolicy",
+    "PeerConnectionChanged",
+    "RelayLimitReached",
 ]
 
 OverflowPolicy = Literal["block", "drop_oldest"]
@@ -72,6 +78,56 @@ class ConnectionEvent:
     def is_error(self) -> bool:
         """True when the event carries an error (Go ``IsError``)."""
         return self.error is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConnectionChanged:
+    """How a connected peer is reached changed (``Node.connection_changes()``).
+
+    Published when a session begins (``previous`` is ``None``) and whenever the connection
+    the node uses for the peer changes kind: relayed -> hole-punched after a DCUtR punch,
+    relayed -> direct after a plain direct dial, back to relayed if the direct connection
+    is lost while a relayed one remains. The peer's state does not change.
+    """
+
+    peer_id: PeerId
+    connection_type: ConnectionType
+    previous: ConnectionType | None
+    """The kind before, ``None`` for the first connection of a session."""
+    address: Multiaddr | None
+    """The remote address of the connection now used (a ``/p2p-circuit`` address when
+    relayed), when known."""
+    timestamp: float
+    """Seconds since the Unix epoch."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayLimitReached:
+    """A circuit relay limit ended a relayed connection to a peer (``Node.connection_changes()``).
+
+    Relays cap each circuit (go-libp2p: 2 min and 128 KiB per direction). When a cap ends
+    the connection, messages in flight on it may be lost; this event says so. If it was the
+    peer's only connection the peer also goes ``Disconnected`` (its ``error`` is a
+    :class:`~glueberry.errors.ConnectionLost` caused by
+    :class:`~glueberry.errors.ResourceLimitExceeded`), and sends that were under way raise
+    ``ResourceLimitExceeded``.
+    """
+
+    peer_id: PeerId
+    relay: PeerId
+    reason: Literal["data", "duration"]
+    sent: int
+    """Bytes we had sent over the circuit (with security and muxer overhead)."""
+    received: int
+    data_limit: int | None
+    """The relay's data cap per direction in bytes (``None``: none announced)."""
+    duration_limit: int | None
+    """The relay's duration cap in seconds (``None``: none announced)."""
+    timestamp: float
+
+
+#: What ``Node.connection_changes()`` delivers.
+ConnectionChange = PeerConnectionChanged | RelayLimitReached
 
 
 class IncomingMessage(NamedTuple):

@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ed25519 as _ed25519
 
@@ -64,6 +64,7 @@ from glueberry.errors import (
     SecurityError,
 )
 from glueberry.events import (
+    ConnectionChange,
     ConnectionEvent,
     EventBroadcaster,
     EventFilter,
@@ -77,7 +78,7 @@ from glueberry.peers.crypto import KeyCache, StreamCipher
 from glueberry.peers.manager import BlacklistGater, ConnectionManager
 from glueberry.peers.metrics import NopMetrics
 from glueberry.peers.state import ConnectionState
-from glueberry.peers.stats import PeerStats, StatsRecorder
+from glueberry.peers.stats import ConnectionType, PeerStats, StatsRecorder
 from glueberry.proto.gb_framing import HANDSHAKE_STREAM, validate_stream_name
 from glueberry.wire.identity import (
     Ed25519PublicKey,
@@ -88,6 +89,10 @@ from glueberry.wire.identity import (
     encode_identity_file,
 )
 from glueberry.wire.multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from glueberry.nat.manager import NatManager
+    from glueberry.peers.traversal import NodeTraversal
 
 __all__ = [
     "HANDSHAKE_STREAM",
@@ -307,6 +312,13 @@ class Node:
         # drops its oldest events (with a marker) rather than block: an application that never
         # reads it must not stall the subscriptions it does read.
         self._default_events = self._events.subscribe(overflow="drop_oldest")
+        # NAT traversal: connection kinds and relay limits (connection_changes()).
+        self._changes: EventBroadcaster[ConnectionChange] = EventBroadcaster(
+            capacity=config.event_buffer_size,
+            overflow="drop_oldest",
+            on_drop=self._metrics.event_dropped,
+        )
+        self._traversal: NodeTraversal | None = None
         self._backlog: deque[ConnectionEvent] = deque()
         self._pump: asyncio.Task[None] | None = None
         self._book: AddressBook | None = None
@@ -361,11 +373,24 @@ class Node:
                 self._identity,
                 on_derive=None if type(metrics) is NopMetrics else metrics.key_derivation,
             )
-            host = Host(
-                self._identity,
-                listen_addrs=cfg.addresses,
-                config=HostConfig(gater=BlacklistGater(self._book)),
-            )
+            host_config = HostConfig(gater=BlacklistGater(self._book))
+            traversal: NodeTraversal | None = None
+            if cfg.nat_enabled:
+                from glueberry.peers.traversal import NodeTraversal, node_transports
+
+                traversal = NodeTraversal(
+                    cfg,
+                    node_transports(self._identity),
+                    stats=self._stats,
+                    clock=self._clock,
+                    publish=self._publish_change,
+                    in_session=self._in_session,
+                )
+                self._traversal = traversal
+                host_config = HostConfig(
+                    gater=host_config.gater, transports=list(traversal.transports)
+                )
+            host = Host(self._identity, listen_addrs=cfg.addresses, config=host_config)
             self._host = host
             await host.start()
             self._identify = IdentifyService(host)
@@ -386,6 +411,7 @@ class Node:
                 tracer=cfg.tracer,
                 on_peer_error=self._on_peer_error,
                 disable_backpressure=cfg.disable_backpressure,
+                relay_budget=traversal.budget_for if traversal is not None else None,
             )
             self._manager = ConnectionManager(
                 host,
@@ -401,9 +427,12 @@ class Node:
                 tracer=cfg.tracer,
                 logger=self._log,
                 rng=self._rng,
+                connection_error=traversal.connection_error if traversal is not None else None,
             )
             self._channels.start()
             spawn_in(host, self._housekeeping(), name="glueberry-housekeeping")
+            if traversal is not None:
+                await traversal.start(host, self._identify)
         except BaseException:
             await self._teardown()
             raise
@@ -425,6 +454,7 @@ class Node:
         if self._state is _State.NEW:
             self._state = _State.STOPPED
             self._events.close()
+            self._changes.close()
             self._messages.close()
             return
         self._state = _State.STOPPING
@@ -444,7 +474,10 @@ class Node:
                     await self._pump
                 self._pump = None
             self._events.close()
+            self._changes.close()
             self._messages.close()
+            if self._traversal is not None:
+                await self._traversal.close()
             if self._identify is not None:
                 self._identify.close()
             if self._ping is not None:
@@ -452,6 +485,8 @@ class Node:
             if self._host is not None:
                 await self._host.close()
         finally:
+            if self._traversal is not None:
+                self._traversal.close_transports()
             if self._keys is not None:
                 self._keys.close()
             if self._book is not None:
@@ -803,7 +838,55 @@ class Node:
         """A new subscription for events into the given states."""
         return self.filtered_events(EventFilter(states=states))
 
+    def connection_changes(
+        self, peer_id: PeerIdLike | None = None
+    ) -> EventSubscription[ConnectionChange]:
+        """A new subscription to how peers are connected (NAT traversal): a
+        :class:`~glueberry.events.PeerConnectionChanged` when a session begins and whenever
+        the peer's connection changes kind (relayed, hole-punched, direct), and a
+        :class:`~glueberry.events.RelayLimitReached` when a relay limit ended a relayed
+        connection. Of ``peer_id`` only, if given. These are not connection *states*: they
+        never appear in :meth:`events`. A full subscription drops its oldest event (with an
+        ``EventsDropped`` marker). Nothing is published unless the NAT layer runs.
+
+        Raises:
+            NodeStateError: the node is stopped.
+        """
+        if peer_id is None:
+            return self._changes.subscribe()
+        pid = _pid(peer_id)
+        return self._changes.subscribe(lambda ev: ev.peer_id == pid)
+
+    def connection_type(self, peer_id: PeerIdLike) -> ConnectionType | None:
+        """How a peer is reached now: ``"direct"``, ``"relayed"`` (a circuit relay) or
+        ``"hole_punched"`` (direct, opened by DCUtR); ``None`` without a connection.
+
+        Without the NAT layer every connection is ``"direct"``.
+        """
+        host = self._host
+        if host is None or not self.is_running:
+            return None
+        pid = _pid(peer_id)
+        if self._traversal is not None:
+            return self._traversal.connection_type(pid)
+        return "direct" if host.connection_for(pid) is not None else None
+
+    @property
+    def nat(self) -> NatManager | None:
+        """The NAT layer (``glueberry.nat.manager.NatManager``: its own events with
+        ``subscribe()``, reachability, observed/relayed addresses), ``None`` when the
+        configuration asks for no NAT traversal or before :meth:`start`."""
+        return self._traversal.manager if self._traversal is not None else None
+
     def _publish(self, event: ConnectionEvent) -> None:
+        traversal = self._traversal
+        if traversal is not None:
+            if event.state is ConnectionState.CONNECTED:
+                traversal.session_started(event.peer_id)
+            elif event.state in (ConnectionState.DISCONNECTED, ConnectionState.COOLDOWN):
+                traversal.session_ended(event.peer_id)
+        elif event.state is ConnectionState.CONNECTED:
+            self._stats.set_connection_type(event.peer_id, "direct")
         if self._backlog:
             self._backlog.append(event)
             return
@@ -823,6 +906,15 @@ class Node:
                 self._backlog.popleft()
         finally:
             self._pump = None
+
+    def _publish_change(self, change: ConnectionChange) -> None:
+        self._changes.publish_nowait(change)  # drop_oldest subscriptions never refuse
+
+    def _in_session(self, peer: PeerId) -> bool:
+        return self.connection_state(peer) in (
+            ConnectionState.CONNECTED,
+            ConnectionState.ESTABLISHED,
+        )
 
     def _on_inbound_handshake(self, peer: PeerId) -> bool:
         manager = self._manager

@@ -34,6 +34,8 @@ EXPECTED = {
     "PeerEntry",
     "PeerStats",
     "StreamStats",
+    "PeerConnectionChanged",
+    "RelayLimitReached",
     "HealthCheck",
     "HealthStatus",
     # pluggable parts

@@ -132,6 +132,8 @@ class ConnectionManager:
         handshake_timeout: seconds in ``CONNECTED`` before ``COOLDOWN``.
         cooldown: seconds in ``COOLDOWN``.
         rng: uniform ``[0, 1)`` source for the backoff jitter.
+        connection_error: why a connection ended, when the node knows better than the
+            connection itself (a relay limit); ``None`` to use the connection's error.
     """
 
     def __init__(
@@ -150,8 +152,10 @@ class ConnectionManager:
         tracer: Tracer | None = None,
         logger: logging.Logger | None = None,
         rng: Callable[[], float] = random.random,
+        connection_error: Callable[[MuxedConnection], BaseException | None] | None = None,
     ) -> None:
         self.host = host
+        self._connection_error = connection_error
         self.book = book
         self.channels = channels
         self._publish = publish
@@ -367,7 +371,9 @@ class ConnectionManager:
         m = self._machines.get(peer)
         if m is None:
             return
-        error = getattr(conn, "error", None)
+        error = self._connection_error(conn) if self._connection_error is not None else None
+        if error is None:
+            error = getattr(conn, "error", None)
         if not isinstance(error, BaseException):
             error = ConnectionLost(f"connection to {peer} closed", peer_id=peer)
         ev = self._apply(peer, Trigger.CONNECTION_LOST, error)

@@ -27,14 +27,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, Literal, TypeVar
 
-__all__ = ["OTHER_STREAM", "PeerStats", "StatsRecorder", "StreamCounters", "StreamStats"]
+__all__ = [
+    "OTHER_STREAM",
+    "ConnectionType",
+    "PeerStats",
+    "StatsRecorder",
+    "StreamCounters",
+    "StreamStats",
+]
 
 #: The stream name under which traffic beyond ``max_streams_per_peer`` names is counted.
 OTHER_STREAM: Final = "other"
 
 K = TypeVar("K")
+
+#: How a peer is reached: a plain direct connection, through a circuit relay, or a direct
+#: connection opened by hole punching (DCUtR) after a relayed one.
+ConnectionType = Literal["direct", "relayed", "hole_punched"]
 
 
 class StreamCounters:
@@ -121,6 +132,9 @@ class PeerStats:
     """Connections made (or accepted) so far."""
     failure_count: int
     """Failed connection attempts and handshakes."""
+    connection_type: ConnectionType | None = None
+    """How the peer is reached now: ``"direct"``, ``"relayed"`` (through a circuit relay)
+    or ``"hole_punched"`` (direct, opened by DCUtR); ``None`` when not connected."""
 
 
 class _PeerRecord:
@@ -128,6 +142,7 @@ class _PeerRecord:
         "connected",
         "connected_at",
         "connection_count",
+        "connection_type",
         "failure_count",
         "is_outbound",
         "last_activity",
@@ -144,6 +159,7 @@ class _PeerRecord:
         self.connection_count = 0
         self.failure_count = 0
         self.last_activity = now
+        self.connection_type: ConnectionType | None = None
 
 
 class StatsRecorder(Generic[K]):
@@ -207,7 +223,14 @@ class StatsRecorder(Generic[K]):
             rec.total_connect_time += max(0.0, now - rec.connected_at)
         rec.connected_at = None
         rec.connected = False
+        rec.connection_type = None
         rec.last_activity = now
+
+    def set_connection_type(self, peer_id: K, connection_type: ConnectionType | None) -> None:
+        """How the peer is reached now (``"direct"``, ``"relayed"``, ``"hole_punched"``)."""
+        rec = self._peers.get(peer_id)
+        if rec is not None:
+            rec.connection_type = connection_type
 
     def connection_failed(self, peer_id: K, now: float) -> None:
         """A dial or handshake failed."""
@@ -249,6 +272,7 @@ class StatsRecorder(Generic[K]):
             last_message_at=max(last) if last else None,
             connection_count=rec.connection_count,
             failure_count=rec.failure_count,
+            connection_type=rec.connection_type,
         )
 
     def all_peer_statistics(self, now: float | None = None) -> dict[K, PeerStats]:
