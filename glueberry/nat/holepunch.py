@@ -58,6 +58,7 @@ from glueberry.errors import (
     ConnectError,
     GlueberryError,
     LocalProtocolError,
+    NodeStateError,
     RemoteProtocolError,
 )
 from glueberry.proto import dcutr as d
@@ -303,6 +304,14 @@ class HolePunchService:
             return
         addrs = self._punch_addrs(event.remote_addrs)
         logger.debug("dcutr from %s: SYNC, punching %s as client", peer, addrs)
+        # The punch outlives this handler: a handler belongs to the relayed connection, which
+        # is closed as soon as the direct one is up - possibly before we could report it.
+        try:
+            self.host.spawn(self._respond(peer, addrs), name="dcutr-punch")
+        except NodeStateError:
+            pass  # the host is closing
+
+    async def _respond(self, peer: PeerId, addrs: tuple[Multiaddr, ...]) -> None:
         direct = await self.punch(peer, addrs, server=False)
         self._report(
             peer,
