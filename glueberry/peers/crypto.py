@@ -321,14 +321,22 @@ class StreamCipher:
     def seal_into(self, out: bytearray, plaintext: bytes | bytearray | memoryview) -> int:
         """Append ``nonce ‖ ciphertext ‖ tag`` to ``out``; return the number of bytes added.
 
-        The batch path: a run of frames is built in one growing buffer. (Measured: with
-        ``cryptography`` 50, appending ``encrypt()``'s result is faster than ``encrypt_into`` a
-        preallocated buffer, whose memoryview slicing costs more than the copy it saves.)
+        The batch path: a run of frames is built in one growing buffer, one call per message
+        (the pooled nonce is taken inline). Measured: with ``cryptography`` 50, appending
+        ``encrypt()``'s result is faster than ``encrypt_into`` a preallocated buffer, whose
+        memoryview slicing costs more than the copy it saves.
         """
         aead = self._aead
         if aead is None:
             raise StreamClosed("cipher is closed")
-        n = self._nonce(None)
+        source = self._nonce_source
+        if source is None:
+            try:
+                n = _POOL.next()
+            except StopIteration:
+                n = _POOL.refill()
+        else:
+            n = source()
         out += n
         out += aead.encrypt(n, plaintext, None)
         return len(plaintext) + OVERHEAD
@@ -355,6 +363,47 @@ class StreamCipher:
             raise DecryptionFailed(
                 "decryption failed: authentication tag mismatch or corrupted data"
             ) from None
+
+    def open_frames(
+        self, view: memoryview, offsets: list[int]
+    ) -> tuple[list[bytes], int, DecryptionFailed | None]:
+        """Decrypt many blobs of one buffer: ``view[offsets[2i]:offsets[2i+1]]``, in order.
+
+        The receive path's batch form of :meth:`open` (one call per read, not per message).
+        Returns the plaintexts that authenticated, the number of blobs that did not (too
+        short or a bad tag; they are skipped, the batch goes on) and the first such failure.
+
+        Raises:
+            StreamClosed: the cipher was closed.
+        """
+        aead = self._aead
+        if aead is None:
+            raise StreamClosed("cipher is closed")
+        decrypt = aead.decrypt
+        out: list[bytes] = []
+        append = out.append
+        failures = 0
+        first: DecryptionFailed | None = None
+        for i in range(0, len(offsets), 2):
+            start = offsets[i]
+            end = offsets[i + 1]
+            mid = start + NONCE_SIZE
+            if end - start >= OVERHEAD:
+                try:
+                    append(decrypt(view[start:mid], view[mid:end], None))
+                    continue
+                except InvalidTag:
+                    err = DecryptionFailed(
+                        "decryption failed: authentication tag mismatch or corrupted data"
+                    )
+            else:
+                err = DecryptionFailed(
+                    f"ciphertext too short: minimum {OVERHEAD} bytes, got {end - start}"
+                )
+            failures += 1
+            if first is None:
+                first = err
+        return out, failures, first
 
     @property
     def closed(self) -> bool:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glueberry.errors import DecryptionFailed, LocalProtocolError, RemoteProtocolError
+from glueberry.errors import (
+    DecryptionFailed,
+    GlueberryError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from glueberry.peers.crypto import StreamCipher
 from glueberry.proto import gb_framing
 from glueberry.proto.gb_framing import FrameDecoder
@@ -274,3 +279,136 @@ def test_handshake_stream_protocol_id() -> None:
         "/x",
     ):
         assert gb_framing.stream_name_from_protocol_id(bad) is None
+
+
+# --- the inline fast path decides exactly as the general scanner -----------------------------
+
+
+class CodecOnly(FrameDecoder):
+    """The decoder without its inline path: every buffer goes to the general scanner."""
+
+    __slots__ = ()
+
+    def _scan(self, buf: bytes | bytearray | memoryview, pos: int, offsets: list[int]) -> int:
+        return self._scan_codec(buf, pos, offsets)
+
+
+SIZES = st.one_of(
+    st.integers(0, 300),
+    st.sampled_from([125, 126, 127, 128, 16381, 16382, 16383, 16384, 16385, 20000]),
+)
+DIFF_CIPHER = StreamCipher(os.urandom(32))
+
+
+def _run(decoder: FrameDecoder, chunks: list[bytes], encrypted: bool) -> list[object]:
+    out: list[object] = []
+    try:
+        for chunk in [*chunks, b""]:
+            if encrypted:
+                batch = decoder.receive_encrypted(chunk, DIFF_CIPHER)
+                out.append(("batch", batch.messages, batch.failures))
+            else:
+                out.append(("data", decoder.receive_data(chunk)))
+    except GlueberryError as exc:
+        out.append(("error", type(exc).__name__, str(exc)))
+    return out
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks, last = [], 0
+    for p in points:
+        if p > last:
+            chunks.append(data[last:p])
+            last = p
+    if last < len(data):
+        chunks.append(data[last:])
+    return chunks
+
+
+@st.composite
+def frame_streams(draw: st.DrawFn) -> tuple[bytes, list[int], bool, int]:
+    encrypted = draw(st.booleans())
+    sizes = draw(st.lists(SIZES, max_size=6))
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    data = bytearray(
+        gb_framing.encode_encrypted_frames(DIFF_CIPHER, payloads)
+        if encrypted
+        else gb_framing.encode_frames(payloads)
+    )
+    for _ in range(draw(st.integers(0, 3))):  # corruptions
+        if not data:
+            break
+        kind = draw(st.sampled_from(["flip", "insert", "truncate", "garbage"]))
+        i = draw(st.integers(0, len(data) - 1))
+        if kind == "flip":
+            data[i] ^= draw(st.integers(1, 255))
+        elif kind == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=4))
+        elif kind == "truncate":
+            del data[i:]
+        else:
+            data += draw(
+                st.sampled_from([b"\x00", b"\x80", b"\x80\x00", b"\xff" * 10, b"\x03\x01"])
+            )
+    cuts = draw(st.lists(st.integers(0, 1 << 20), max_size=8))
+    limit = draw(st.sampled_from([0, 100, 16384, 1 << 20]))
+    return bytes(data), cuts, encrypted, limit
+
+
+@settings(max_examples=200, deadline=None)
+@given(frame_streams())
+def test_fast_path_matches_the_codec(case: tuple[bytes, list[int], bool, int]) -> None:
+    """Same payloads, same failures, same errors, on valid, corrupted and hostile input fed in
+    arbitrary chunks."""
+    data, cuts, encrypted, limit = case
+    chunks = _split(data, cuts)
+    fast = FrameDecoder.for_encrypted if encrypted else FrameDecoder.for_handshake
+    codec = CodecOnly.for_encrypted if encrypted else CodecOnly.for_handshake
+    assert _run(fast(limit), chunks, encrypted) == _run(codec(limit), chunks, encrypted)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(SIZES, min_size=1, max_size=4), st.booleans())
+def test_fast_path_byte_at_a_time(sizes: list[int], encrypted: bool) -> None:
+    payloads = [b"x" * n for n in sizes]
+    data = bytes(
+        gb_framing.encode_encrypted_frames(DIFF_CIPHER, payloads)
+        if encrypted
+        else gb_framing.encode_frames(payloads)
+    )
+    chunks = [data[i : i + 1] for i in range(len(data))]
+    make = FrameDecoder.for_encrypted if encrypted else FrameDecoder.for_handshake
+    codec = CodecOnly.for_encrypted if encrypted else CodecOnly.for_handshake
+    fast = _run(make(1 << 20), chunks, encrypted)
+    assert fast == _run(codec(1 << 20), chunks, encrypted)
+    got = [p for item in fast for p in item[1]]  # type: ignore[index]
+    assert got == payloads
+
+
+def test_frames_straddling_reads() -> None:
+    """A read that completes the pending frame and carries more frames delivers them all."""
+    payloads = [bytes([i]) * 1000 for i in range(5)]
+    data = bytes(gb_framing.encode_frames(payloads))
+    dec = FrameDecoder(2000)
+    assert dec.receive_data(data[:500]) == []
+    assert dec.buffered == 500
+    assert dec.receive_data(data[500:3000]) == payloads[:2]
+    assert dec.receive_data(data[3000:]) == payloads[2:]
+    assert dec.buffered == 0
+    assert dec.receive_data(b"") == []
+
+
+def test_open_frames_counts_failures_and_goes_on() -> None:
+    key = os.urandom(32)
+    good, evil = StreamCipher(key), StreamCipher(os.urandom(32))
+    blobs = [good.seal(b"one"), evil.seal(b"two"), b"short", good.seal(b"three")]
+    buf = b"".join(blobs)
+    offsets, pos = [], 0
+    for b in blobs:
+        offsets += [pos, pos + len(b)]
+        pos += len(b)
+    out, failures, first = good.open_frames(memoryview(buf), offsets)
+    assert out == [b"one", b"three"]
+    assert failures == 2
+    assert isinstance(first, DecryptionFailed) and "tag" in str(first)
