@@ -2,6 +2,7 @@
 # Build the interop peers (idempotent; a no-op when nothing changed):
 #   interop/go/bin/peer, interop/go/bin/gbpeer  <- go build, from interop/go/go.mod + go.sum
 #   interop/js/node_modules                     <- npm ci, from interop/js/package-lock.json
+#   interop/rust/target/release/peer            <- cargo build --release --locked, from interop/rust/Cargo.lock
 # Go >= 1.26 and Node >= 20 are required. A missing toolchain is an error, never a skip:
 # the interop tests must run in CI. GOTOOLCHAIN=local: the go command never downloads a
 # toolchain here; modules come from the Go module proxy, npm packages from the npm registry.
@@ -54,3 +55,23 @@ else
   echo "interop: js peer installed in $((SECONDS - t0)) s"
 fi
 node peer.mjs version >/dev/null || die "the js peer does not start (node peer.mjs version)"
+
+# --- Rust peer: cargo build when a source file, Cargo.toml/Cargo.lock or the Rust version
+# changed. Crates come from crates.io (pinned by Cargo.lock); the target directory is
+# interop/rust/target (not committed), so a fresh clone builds from cold once.
+command -v cargo >/dev/null 2>&1 || die "cargo not found on PATH (need Rust >= 1.88 to build the rust-libp2p peer)"
+cd "$here/rust"
+rustv="$(rustc --version)"
+sum="$( { echo "$rustv"; find src -type f -name '*.rs' | LC_ALL=C sort | xargs sha256sum; sha256sum Cargo.toml Cargo.lock; } | sha256sum | cut -d' ' -f1)"
+export CARGO_TARGET_DIR="$here/rust/target"
+stamp=target/.glueberry-stamp
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ] && [ -x target/release/peer ]; then
+  echo "interop: rust peer up to date ($rustv)"
+else
+  echo "interop: cargo build --release --locked in interop/rust ($rustv; a cold build takes several minutes)"
+  t0=$SECONDS
+  cargo build --release --locked --quiet || die "cargo build failed"
+  echo "$sum" > "$stamp"
+  echo "interop: rust peer built in $((SECONDS - t0)) s"
+fi
+target/release/peer version >/dev/null || die "the rust peer does not start (interop/rust/target/release/peer version)"
