@@ -441,6 +441,10 @@ class Host:
         task = tg.create_task(self._guard(coro), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step never starts _guard, so ``coro`` would be
+        # garbage-collected unawaited (a RuntimeWarning). Closing a finished coroutine is a
+        # no-op, so this is safe in every case.
+        task.add_done_callback(lambda _t: coro.close())
         return task
 
     @staticmethod

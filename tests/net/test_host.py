@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -598,3 +599,17 @@ def test_per_ip_cap_exemptions() -> None:
     assert not Limits(per_ip_exempt=("192.0.2.0/24",)).per_ip_capped("192.0.2.7")
     with pytest.raises(ConfigError):
         Limits(per_ip_exempt=("not a network",))
+
+
+async def test_spawned_task_cancelled_before_it_runs_leaves_no_unawaited_coroutine() -> None:
+    # Warnings are errors in this suite: an unawaited coroutine would fail the test at GC.
+    async with Host(PrivateKey.generate()) as host:
+
+        async def work() -> None:
+            await asyncio.sleep(10)
+
+        task = host.spawn(work())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    gc.collect()
