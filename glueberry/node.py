@@ -773,6 +773,10 @@ class Node:
             LocalProtocolError: invalid name, or not prepared for this peer.
             ConnectionLost: not connected to the peer.
             StreamReset: the stream failed during the write.
+            ResourceLimitExceeded: the peer is reached through a relay and the message does
+                not fit into what the relay still forwards (``limit="relay_circuit_data"``)
+                or its time is (nearly) up (``"relay_circuit_duration"``); nothing of it was
+                sent. Also when a relay limit ended the connection during the write.
             NodeStateError: the node is not running.
         """
         channels = self._channels
