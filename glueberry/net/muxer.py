@@ -401,6 +401,10 @@ class YamuxConnection:
     """
 
     muxer_protocol: str = PROTOCOL_ID
+    #: The secured connection may lend ``data_received`` a view of a reusable buffer:
+    #: ``YamuxSession.receive_data`` copies everything it keeps (delivered data, a partial
+    #: header) before returning.
+    receives_memoryview = True
 
     def __init__(
         self,
@@ -541,7 +545,7 @@ class YamuxConnection:
         await asyncio.shield(self._closed)
 
     # ------------------------------------------------------------------ ByteReceiver
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._terminated or self._lost:
             return
         try:

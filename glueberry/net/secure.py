@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -49,6 +50,7 @@ from glueberry.errors import (
     SecurityError,
 )
 from glueberry.proto.noise import (
+    MAX_MESSAGE_LENGTH,
     MAX_PLAINTEXT,
     PROTOCOL_ID,
     HandshakeCompleted,
@@ -62,6 +64,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Size of the per-thread plaintext buffer of the zero-copy receive path: one socket read
+#: (the TCP transport reads at most 256 KiB) plus a frame left over from the previous one.
+SCRATCH_SIZE: Final = 256 * 1024 + MAX_MESSAGE_LENGTH + 2
 #: Handshake deadline when the caller gives none (go: 15 s accept timeout, rust: 10 s).
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 15.0
 DEFAULT_MUXERS: Final = ("/yamux/1.0.0",)
@@ -162,9 +167,9 @@ class NoiseConnection:
             if pos + full < n:
                 buf += mv[pos + full :]
 
-    def _encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         try:
-            return self._tx.encrypt(data)
+            return self._tx.seal(data)
         except SecurityError as exc:
             self._fail(exc)
             raise ConnectionLost("secure connection failed") from exc
@@ -310,19 +315,58 @@ class NoiseConnection:
         receiver.connection_lost(self._failed if self._failed is not None else exc)
 
 
-class _RawSide:
-    """The raw connection's receiver: decrypts each chunk and forwards the plaintext."""
+class _Scratch(threading.local):
+    """One plaintext buffer per thread, shared by the connections of its event loop.
 
-    __slots__ = ("_conn", "_decrypt", "_deliver", "_receiver")
+    A chunk is decrypted into it and handed to the receiver, which consumes it before
+    returning; ``busy`` catches a receiver that would re-enter (an in-memory pipe delivering
+    synchronously): that nested chunk is decrypted into fresh memory instead.
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(SCRATCH_SIZE))
+        self.busy = False
+
+
+_scratch = _Scratch()
+
+
+class _RawSide:
+    """The raw connection's receiver: decrypts each chunk and forwards the plaintext.
+
+    Zero-copy path (both neighbours opt in with ``receives_memoryview = True``): the raw
+    connection lends a view of its receive buffer, the frames are decrypted in place into
+    :class:`_Scratch`, and the receiver gets a view of that, valid during the call only.
+    Otherwise the plaintext is a fresh ``bytes`` object.
+    """
+
+    __slots__ = ("_borrow", "_conn", "_decrypt", "_decrypt_into", "_deliver", "_receiver", "_tx")
+
+    #: ``data_received`` may get a view of the raw connection's receive buffer, valid only
+    #: during the call: ``NoiseTransport`` copies what it keeps (a partial frame).
+    receives_memoryview = True
 
     def __init__(self, conn: NoiseConnection, receiver: ByteReceiver) -> None:
         self._conn = conn
         self._receiver = receiver
+        self._tx = conn._tx
         self._decrypt = conn._tx.decrypt
+        self._decrypt_into = conn._tx.decrypt_into
         self._deliver = receiver.data_received
+        self._borrow = getattr(type(receiver), "receives_memoryview", False) is True
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        scratch = _scratch
         try:
+            if self._borrow and not scratch.busy and len(data) + self._tx.buffered <= SCRATCH_SIZE:
+                n = self._decrypt_into(data, scratch.view)
+                if n:
+                    scratch.busy = True
+                    try:
+                        self._deliver(scratch.view[:n])  # type: ignore[arg-type]
+                    finally:
+                        scratch.busy = False
+                return
             plaintext = self._decrypt(data)
         except SecurityError as exc:
             self._conn._fail(exc)

@@ -55,7 +55,10 @@ After any error the machine is terminal and further calls raise
 frames of at most 65519 plaintext bytes; ``decrypt`` is incremental (partial frames are
 buffered) and returns all the plaintext one socket read completes. It is the hot path
 (performance.md): one AEAD object per direction, nonces packed by a precompiled
-``struct``, and no per-frame work beyond the AEAD call and the length prefix.
+``struct``, and no per-frame work beyond the AEAD call and the length prefix. The driver uses
+the allocation-free variants: ``seal`` (large writes are sealed in place into one buffer,
+no per-frame object and no join) and ``decrypt_into`` (the plaintext of a read is written
+into a buffer the driver reuses).
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ MAX_PLAINTEXT: Final = MAX_MESSAGE_LENGTH - TAG_LEN
 #: Cap on handshake messages 2 and 3: far above any legitimate payload (an RSA-8192 key and
 #: signature with a full muxer list stay under 4 KiB), far below what a peer could declare.
 MAX_HANDSHAKE_MESSAGE: Final = 16384
+#: :meth:`NoiseTransport.seal` writes frames in place from this size on (measured crossover:
+#: below it, creating the buffer and views costs more than the copy they save).
+SEAL_IN_PLACE: Final = 32 * 1024
 #: Nonce 2**64-1 is reserved by Noise; the connection must end before it is used.
 NONCE_LIMIT: Final = (1 << 64) - 1
 
@@ -108,6 +114,7 @@ _MSG3_MIN: Final = (DH_LEN + TAG_LEN) + TAG_LEN
 
 _pack_nonce = struct.Struct("<4xQ").pack  # 32 zero bits || 64-bit little-endian counter
 _pack_len = struct.Struct(">H").pack
+_pack_len_into = struct.Struct(">H").pack_into
 
 
 # --- Noise primitives (spec sections 4 and 5) -------------------------------------------
@@ -196,11 +203,15 @@ class NoiseTransport:
     (B-05, GHSA-6cr6-fmvc-vw2p).
     """
 
-    __slots__ = ("_dead", "_dec", "_enc", "_rx_buf", "_rx_n", "_tx_n")
+    __slots__ = ("_dead", "_dec", "_dec_into", "_enc", "_enc_into", "_rx_buf", "_rx_n", "_tx_n")
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
-        self._enc = ChaCha20Poly1305(send_key).encrypt
-        self._dec = ChaCha20Poly1305(recv_key).decrypt
+        send = ChaCha20Poly1305(send_key)
+        self._enc = send.encrypt
+        self._enc_into = send.encrypt_into
+        recv = ChaCha20Poly1305(recv_key)
+        self._dec = recv.decrypt
+        self._dec_into = recv.decrypt_into
         self._tx_n = 0
         self._rx_n = 0
         self._rx_buf = bytearray()
@@ -240,6 +251,18 @@ class NoiseTransport:
         Raises:
             SecurityError: the send nonce space is exhausted, or the transport failed before.
         """
+        return bytes(self.seal(data))
+
+    def seal(self, data: bytes | bytearray | memoryview) -> bytearray | bytes:
+        """:meth:`encrypt` without the final copy. The data path uses this.
+
+        From :data:`SEAL_IN_PLACE` bytes on, the frames go into one ``bytearray`` the AEAD
+        writes into directly (no object per frame, no join, no prefix concatenation); a
+        smaller frame is cheaper as the AEAD's own ``bytes`` behind a 2-byte prefix.
+
+        Raises:
+            SecurityError: as :meth:`encrypt`.
+        """
         n = len(data)
         nonce = self._tx_n
         if n <= MAX_PLAINTEXT:
@@ -248,24 +271,31 @@ class NoiseTransport:
             if n == 0:
                 return b""
             self._tx_n = nonce + 1
-            return _pack_len(n + TAG_LEN) + self._enc(_pack_nonce(nonce), data, None)
+            if n < SEAL_IN_PLACE:
+                return _pack_len(n + TAG_LEN) + self._enc(_pack_nonce(nonce), data, None)
+            out = bytearray(n + 2 + TAG_LEN)
+            _pack_len_into(out, 0, n + TAG_LEN)
+            with memoryview(out) as omv, omv[2:] as body:
+                self._enc_into(_pack_nonce(nonce), data, None, body)
+            return out
         count = -(-n // MAX_PLAINTEXT)
         if nonce + count > NONCE_LIMIT:
             raise self._refuse()
-        enc = self._enc
-        parts: list[bytes] = []
-        append = parts.append
-        full = _pack_len(MAX_MESSAGE_LENGTH)
-        last = (count - 1) * MAX_PLAINTEXT
-        with memoryview(data) as mv:
-            for off in range(0, last, MAX_PLAINTEXT):
-                append(full)
-                append(enc(_pack_nonce(nonce), mv[off : off + MAX_PLAINTEXT], None))
+        enc_into = self._enc_into
+        out = bytearray(n + count * (2 + TAG_LEN))
+        w = 0
+        with memoryview(data) as mv, memoryview(out) as omv:
+            for off in range(0, n, MAX_PLAINTEXT):
+                take = min(MAX_PLAINTEXT, n - off)
+                _pack_len_into(out, w, take + TAG_LEN)
+                w += 2
+                enc_into(
+                    _pack_nonce(nonce), mv[off : off + take], None, omv[w : w + take + TAG_LEN]
+                )
+                w += take + TAG_LEN
                 nonce += 1
-            append(_pack_len(n - last + TAG_LEN))
-            append(enc(_pack_nonce(nonce), mv[last:], None))
-        self._tx_n = nonce + 1
-        return b"".join(parts)
+        self._tx_n = nonce
+        return out
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """Consume bytes read from the socket; return all plaintext they complete.
@@ -342,6 +372,84 @@ class NoiseTransport:
         if len(out) == 1:
             return out[0]
         return b"".join(out)
+
+    def decrypt_into(self, data: bytes | bytearray | memoryview, out: memoryview) -> int:
+        """:meth:`decrypt`, writing the plaintext into ``out``; returns its length.
+
+        ``out`` must hold at least ``len(data) + self.buffered`` bytes (the plaintext is never
+        longer than the ciphertext it completes). The AEAD writes each frame's plaintext in
+        place: no object per frame and no join, so a driver that owns a reusable buffer reads
+        a socket without allocating.
+
+        Raises:
+            DecryptionFailed, SecurityError: as :meth:`decrypt`.
+            ValueError: ``out`` is too small.
+        """
+        end = len(data)
+        buf = self._rx_buf
+        if len(out) < end + len(buf):
+            raise ValueError("decrypt_into: output buffer too small")
+        nonce = self._rx_n
+        if nonce + end // 18 + 1 >= NONCE_LIMIT:
+            if self._dead:
+                raise DecryptionFailed("Noise transport failed earlier")
+            plaintext = self._decrypt_near_limit(data)
+            out[: len(plaintext)] = plaintext
+            return len(plaintext)
+        dec_into = self._dec_into
+        pos = 0
+        w = 0
+        if buf:
+            # Complete the frame left over from the previous read first.
+            if len(buf) < 2:
+                take = min(2 - len(buf), end)
+                buf += data[:take]
+                pos = take
+                if len(buf) < 2:
+                    return 0
+            need = 2 + ((buf[0] << 8) | buf[1]) - len(buf)
+            if end - pos < need:
+                buf += data[pos:]
+                return 0
+            with memoryview(data) as mv:
+                buf += mv[pos : pos + need]
+            pos += need
+            flen = len(buf) - 2
+            if flen < TAG_LEN:
+                raise self._die(DecryptionFailed("Noise transport frame shorter than its tag"))
+            w = flen - TAG_LEN
+            try:
+                with memoryview(buf) as bmv, bmv[2:] as frame, out[:w] as dst:
+                    dec_into(_pack_nonce(nonce), frame, None, dst)
+            except InvalidTag:
+                raise self._die(
+                    DecryptionFailed("Noise transport frame failed authentication")
+                ) from None
+            nonce += 1
+            buf.clear()
+        with memoryview(data) as mv:
+            while end - pos >= 2:
+                flen = (data[pos] << 8) | data[pos + 1]
+                stop = pos + 2 + flen
+                if stop > end:
+                    break
+                if flen < TAG_LEN:
+                    self._rx_n = nonce
+                    raise self._die(DecryptionFailed("Noise transport frame shorter than its tag"))
+                size = flen - TAG_LEN
+                try:
+                    dec_into(_pack_nonce(nonce), mv[pos + 2 : stop], None, out[w : w + size])
+                except InvalidTag:
+                    raise self._die(
+                        DecryptionFailed("Noise transport frame failed authentication")
+                    ) from None
+                nonce += 1
+                w += size
+                pos = stop
+            self._rx_n = nonce
+            if pos < end:
+                buf += mv[pos:]
+        return w
 
     def _decrypt_near_limit(self, data: bytes | bytearray | memoryview) -> bytes:
         """The slow path near nonce exhaustion: one frame at a time, limit checked each."""

@@ -1,4 +1,4 @@
-"""TCP transport on ``asyncio.Protocol`` (IPv4 and IPv6).
+"""TCP transport on ``asyncio.BufferedProtocol`` (IPv4 and IPv6).
 
 Spec: libp2p connections over TCP carry an upgrade pipeline (multistream-select, a security
 handshake, a muxer), https://github.com/libp2p/specs/blob/master/connections/README.md. This
@@ -6,16 +6,25 @@ module only moves bytes; the upgrade lives in :mod:`glueberry.net.upgrader`.
 
 Theory of operation
 -------------------
-:class:`TcpConnection` *is* the ``asyncio.Protocol`` of its socket, so a received chunk costs
-one callback and no task switch (performance.md: a ``StreamReader`` adds about 0.5 µs per
-message). It implements :class:`glueberry.transport.base.RawConnection` in two modes:
+:class:`TcpConnection` *is* the ``asyncio.BufferedProtocol`` of its socket, so a received
+chunk costs one callback and no task switch (performance.md: a ``StreamReader`` adds about
+0.5 µs per message). The socket is read with ``recv_into`` into one receive buffer per thread
+(:data:`RECV_BUFFER_SIZE`), shared by every connection of the thread's event loop: a chunk is
+consumed synchronously in ``buffer_updated`` before the loop reads any other socket. A plain
+``Protocol`` would have asyncio allocate a 256 KiB ``bytes`` per read and shrink it to the
+bytes received; above glibc's mmap threshold that is an ``mmap``/``mremap``/``munmap`` per
+read, tens of microseconds per small message. It implements
+:class:`glueberry.transport.base.RawConnection` in two modes:
 
 * pull mode (connection set-up): chunks are buffered and ``await read()`` returns everything
   buffered so far. When more than :data:`PULL_BUFFER_LIMIT` bytes are waiting the socket is
   paused, so a peer that floods a half-finished handshake cannot grow memory.
 * push mode (data path): after :meth:`TcpConnection.set_receiver` every chunk goes straight to
   the receiver's ``data_received`` from the loop callback. Bytes buffered in pull mode, and an
-  EOF or loss already seen, are replayed synchronously inside ``set_receiver`` first.
+  EOF or loss already seen, are replayed synchronously inside ``set_receiver`` first. A
+  receiver whose class sets ``receives_memoryview = True`` gets a ``memoryview`` of the shared
+  receive buffer, valid only during the call (the Noise layer decrypts it at once and keeps
+  copies of partial frames); any other receiver gets ``bytes``.
 
 Writes never block; ``await drain()`` waits while the transport is above its write high-water
 mark (``pause_writing``/``resume_writing``), which is how backpressure reaches the socket.
@@ -47,6 +56,7 @@ import logging
 import socket
 import struct
 import termios
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -65,6 +75,18 @@ WRITE_HIGH_WATER: Final = 1024 * 1024
 WRITE_LOW_WATER: Final = 256 * 1024
 #: Abort when no queued byte reaches the kernel for this long while over the high-water mark.
 WRITE_STALL_TIMEOUT: Final = 10.0
+#: Bytes one ``recv_into`` may fill (asyncio's own read size for stream sockets).
+RECV_BUFFER_SIZE: Final = 256 * 1024
+
+
+class _RecvBuffer(threading.local):
+    """The receive buffer of one thread's event loop (allocated on first use there)."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(RECV_BUFFER_SIZE))
+
+
+_recv_buffer = _RecvBuffer()
 
 ConnectionCallback = Callable[["TcpConnection"], None]
 
@@ -87,8 +109,8 @@ def _addr2(addr: object) -> tuple[str, int]:
     return ("", 0)
 
 
-class TcpConnection(asyncio.Protocol):
-    """One TCP connection: an ``asyncio.Protocol`` that implements ``RawConnection``.
+class TcpConnection(asyncio.BufferedProtocol):
+    """One TCP connection: an ``asyncio.BufferedProtocol`` that implements ``RawConnection``.
 
     Not constructed directly: use :func:`dial` or :class:`TcpListener`.
     """
@@ -108,6 +130,7 @@ class TcpConnection(asyncio.Protocol):
         self._eof = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._receiver: ByteReceiver | None = None
+        self._borrow = False  # the receiver takes a memoryview of the receive buffer
         # flow control
         self._user_paused = False
         self._pull_paused = False
@@ -141,6 +164,19 @@ class TcpConnection(asyncio.Protocol):
         if self._on_made is not None:
             on_made, self._on_made = self._on_made, None
             on_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _recv_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # recv_into() filled _recv_buffer.view[:nbytes]; nothing else reads the buffer before
+        # this returns (one loop per thread, and the loop reads one socket at a time).
+        data = _recv_buffer.view[:nbytes]
+        receiver = self._receiver
+        if receiver is not None and self._borrow:
+            receiver.data_received(data)  # type: ignore[arg-type]  # see receives_memoryview
+        else:
+            self.data_received(bytes(data))
 
     def data_received(self, data: bytes) -> None:
         receiver = self._receiver
@@ -273,6 +309,7 @@ class TcpConnection(asyncio.Protocol):
         if self._read_waiter is not None:
             raise LocalProtocolError("set_receiver() while a read() is pending", protocol="tcp")
         self._receiver = receiver
+        self._borrow = getattr(type(receiver), "receives_memoryview", False) is True
         if self._chunks:
             data = b"".join(self._chunks)
             self._chunks.clear()

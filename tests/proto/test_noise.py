@@ -26,6 +26,7 @@ from glueberry.proto.noise import (
     MAX_PLAINTEXT,
     NONCE_LIMIT,
     PROTOCOL_NAME,
+    SEAL_IN_PLACE,
     SIGNATURE_PREFIX,
     HandshakeCompleted,
     NoiseHandshake,
@@ -690,6 +691,115 @@ def test_receive_nonce_exhaustion() -> None:
         b.decrypt(last)
     with pytest.raises(DecryptionFailed):
         b.decrypt(last)
+
+
+# --- decrypt_into / seal: the allocation-free data path ---------------------------------------
+
+_OUT = bytearray(300_000)
+
+
+def into(t: NoiseTransport, chunk: bytes | memoryview) -> bytes:
+    """``decrypt_into`` a reused buffer, copy the result out, then scribble over the buffer."""
+    view = memoryview(_OUT)
+    n = t.decrypt_into(chunk, view)
+    got = bytes(view[:n])
+    _OUT[:] = b"\xee" * len(_OUT)
+    return got
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=70000), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=1, max_value=90000), max_size=8),
+)
+def test_decrypt_into_any_chunking_matches_decrypt(sizes: list[int], cuts: list[int]) -> None:
+    a, b = transports()
+    _, b2 = transports()
+    msgs = [os.urandom(n) for n in sizes]
+    wire = b"".join(a.encrypt(m) for m in msgs)
+    b2._dec = b._dec  # same keys, so both decode one wire
+    b2._dec_into = b._dec_into
+    got, ref = bytearray(), bytearray()
+    pos = 0
+    for c in [*cuts, len(wire)]:
+        chunk = memoryview(bytearray(wire[pos : pos + c]))  # a lent, writable buffer
+        got += into(b, chunk)
+        ref += b2.decrypt(wire[pos : pos + c])
+        pos += c
+        if pos >= len(wire):
+            break
+    assert bytes(got) == bytes(ref) == b"".join(msgs)
+    assert b.buffered == 0 and b.messages_received == b2.messages_received
+
+
+def test_decrypt_into_byte_at_a_time() -> None:
+    a, b = transports()
+    wire = a.encrypt(b"hello") + a.encrypt(b"world")
+    got = b"".join(into(b, wire[k : k + 1]) for k in range(len(wire)))
+    assert got == b"helloworld"
+    assert b.messages_received == 2
+
+
+def test_decrypt_into_refuses_a_small_buffer() -> None:
+    a, b = transports()
+    wire = a.encrypt(b"x" * 100)
+    with pytest.raises(ValueError, match="too small"):
+        b.decrypt_into(wire, memoryview(bytearray(len(wire) - 1)))
+    assert b.decrypt_into(wire, memoryview(bytearray(len(wire)))) == 100
+
+
+@pytest.mark.parametrize("split", [None, 1, 30])
+def test_decrypt_into_corrupted_frame_kills_transport(split: int | None) -> None:
+    a, b = transports()
+    assert into(b, a.encrypt(b"first")) == b"first"
+    bad = bytearray(a.encrypt(b"x" * 100))
+    bad[50] ^= 1
+    with pytest.raises(DecryptionFailed):
+        if split is None:
+            into(b, bytes(bad))
+        else:
+            into(b, bytes(bad[:split]))
+            into(b, bytes(bad[split:]))
+    with pytest.raises(DecryptionFailed):
+        into(b, a.encrypt(b"after"))
+
+
+@pytest.mark.parametrize("length", [0, 1, 15])
+@pytest.mark.parametrize("split", [False, True])
+def test_decrypt_into_frame_shorter_than_tag(length: int, split: bool) -> None:
+    _, b = transports()
+    wire = frame(bytes(length))
+    with pytest.raises(DecryptionFailed):
+        if split:
+            into(b, wire[:1])
+            into(b, wire[1:])
+        else:
+            into(b, wire)
+    with pytest.raises(DecryptionFailed):
+        into(b, b"")
+
+
+def test_decrypt_into_near_the_nonce_limit() -> None:
+    a, b = transports()
+    a._tx_n = b._rx_n = NONCE_LIMIT - 2
+    assert into(b, a.encrypt(b"a") + a.encrypt(b"b")) == b"ab"
+    a._tx_n = NONCE_LIMIT - 1
+    with pytest.raises(SecurityError):
+        into(b, a.encrypt(b"c"))
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 1024, SEAL_IN_PLACE - 1, SEAL_IN_PLACE, MAX_PLAINTEXT, 3 * MAX_PLAINTEXT + 1]
+)
+def test_seal_equals_encrypt(size: int) -> None:
+    a, b = transports()
+    a2, _ = transports()
+    a2._enc, a2._enc_into = a._enc, a._enc_into  # same key and nonce sequence
+    data = os.urandom(size)
+    sealed = a.seal(memoryview(data))
+    assert bytes(sealed) == a2.encrypt(data)
+    assert a.messages_sent == a2.messages_sent == -(-size // MAX_PLAINTEXT)
+    assert b.decrypt(sealed) == data
 
 
 # --- payload codec (wire/pb_noise.py) --------------------------------------------------------
