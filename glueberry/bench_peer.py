@@ -3,12 +3,13 @@
 Workload and output: ``shared/peers/README.md`` (the same as the js-libp2p and py-libp2p
 peers there, so results line up column for column)::
 
-    python3 -m glueberry.bench_peer listen [--port 0]
+    python3 -m glueberry.bench_peer listen [--port 0] [--transport tcp|quic]
         prints "READY <multiaddr>", then serves /bench/1.0.0 (and the test protocols,
         identify, ping) until SIGINT/SIGTERM
     python3 -m glueberry.bench_peer dial ADDR [--setup-n 20 --msgs 20000 --msg-size 1024
         --bulk-mib 256 --chunk 65536 --rtt-n 2000 --warmup 100]
-        runs the workload against ADDR and prints one JSON line; 0 skips a test
+        runs the workload against ADDR (a /tcp or a /quic-v1 address) and prints one
+        JSON line; 0 skips a test
 
 Stream modes (first byte): ``E`` echo (setup, RTT), ``M`` n x ``[u32 len][payload]`` then
 ``K`` (message rate), ``B`` u64 total then bytes then ``K`` (bulk), ``R`` the listener's peak
@@ -94,7 +95,8 @@ async def dial(args: argparse.Namespace) -> dict[str, object]:
     res: dict[str, object] = {"impl": IMPL}
     now = time.perf_counter
     async with Host(PrivateKey.generate()) as host:
-        # 1. setup: dial + Noise + yamux + stream open + 1-byte round trip, fresh each time
+        # 1. setup: dial + security + muxer (TCP) or QUIC handshake, stream open, 1-byte
+        # round trip, fresh each time
         setup: list[float] = []
         phases: list[tuple[float, float, float]] = []
         c0 = (0.0, 0.0)
@@ -198,7 +200,10 @@ async def listen(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    addr = f"/ip4/{args.ip}/tcp/{args.port}"
+    if args.transport == "quic":
+        addr = f"/ip4/{args.ip}/udp/{args.port}/quic-v1"
+    else:
+        addr = f"/ip4/{args.ip}/tcp/{args.port}"
     config = HostConfig(limits=TEST_LIMITS)
     async with Host(PrivateKey.generate(), listen_addrs=[addr], config=config) as h:
         IdentifyService(h)
@@ -217,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("listen")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--ip", default="127.0.0.1")
+    p.add_argument(
+        "--transport",
+        choices=("tcp", "quic"),
+        default="tcp",
+        help="tcp: TCP + Noise + yamux; quic: /quic-v1 (the dialer follows the address)",
+    )
     p = sub.add_parser("dial")
     p.add_argument("addr")
     p.add_argument("--setup-n", type=int, default=20)
