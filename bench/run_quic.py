@@ -517,7 +517,7 @@ def main() -> int:
         return 1
     from glueberry.transport.quic import QuicConfig
 
-    sizes = sorted({1350, getattr(QuicConfig(), "loopback_datagram_size", 1350)})
+    sizes = sorted({QuicConfig().max_datagram_size, QuicConfig().loopback_datagram_size})
     mib = 4 if a.quick else a.mib
 
     started = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

@@ -2,7 +2,7 @@
 
 aioquic (https://github.com/aiortc/aioquic) is a sans-I/O QUIC stack; :mod:`.quic` drives
 its public API (``receive_datagram``, ``datagrams_to_send``, ``next_event``, ``get_timer``,
-``send_stream_data``, ...). libp2p needs four things that public API does not offer. Each is
+``send_stream_data``, ...). libp2p needs five things that public API does not offer. Each is
 done here and nowhere else, and each has one guard test in
 ``tests/transport/test_quic_hooks.py``, so an aioquic release that moves the internals fails
 those tests loudly instead of silently weakening security or flow control:
@@ -39,6 +39,18 @@ H4 ``stream-state``
     in the transport parameters (``_local_max_streams_bidi``/``_uni``; aioquic fixes
     them at 128).
 
+H5 ``datagram-size``
+    aioquic sends datagrams of a size fixed by its configuration and never reads the
+    peer's ``max_udp_payload_size`` transport parameter. On loopback (MTU 64 KiB) the
+    per-packet cost of aioquic (tens of µs of Python per packet and side) dominates, so
+    the transport raises the size once the handshake is done:
+    :meth:`GlueberryQuicConnection.set_max_datagram_size` updates
+    ``_max_datagram_size`` and the copies aioquic's loss recovery keeps (the congestion
+    controller's and the pacer's ``_max_datagram_size``), and
+    :attr:`GlueberryQuicConnection.peer_max_udp_payload_size` is read from the peer's
+    transport parameters (``_parse_transport_parameters``) so the size never exceeds what
+    the peer accepts (RFC 9000 §18.2).
+
 Configuration fields that aioquic marks "for internal purposes" (``certificate``,
 ``private_key``, ``verify_mode``) are set in :func:`make_configuration`; they are covered
 by the guard tests too.
@@ -51,8 +63,10 @@ import ssl
 from typing import TYPE_CHECKING, Any, Final
 
 import aioquic
+from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_transport_parameters
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -67,14 +81,23 @@ HOOKS: Final = (
     "peer-certificates",
     "receive-window",
     "stream-state",
+    "datagram-size",
 )
+#: aioquic writes STREAM frame and long-header lengths as 2-byte varints: a datagram
+#: larger than this could carry a frame whose length does not fit (a corrupt packet).
+MAX_DATAGRAM_SIZE: Final = 16383
 
 
 def _check_aioquic() -> None:
     """Refuse to run on an aioquic whose internals are not where the hooks expect them."""
     missing = [
         name
-        for name in ("_initialize", "_write_stream_limits", "_write_connection_limits")
+        for name in (
+            "_initialize",
+            "_write_stream_limits",
+            "_write_connection_limits",
+            "_parse_transport_parameters",
+        )
         if not callable(getattr(QuicConnection, name, None))
     ]
     if missing:
@@ -136,7 +159,7 @@ def make_configuration(
 
 
 class GlueberryQuicConnection(QuicConnection):
-    """An aioquic ``QuicConnection`` with hooks H1, H3 and H4 (see the module docstring).
+    """An aioquic ``QuicConnection`` with hooks H1, H3, H4 and H5 (see the module docstring).
 
     Args:
         configuration: from :func:`make_configuration`.
@@ -168,6 +191,8 @@ class GlueberryQuicConnection(QuicConnection):
             (self._local_max_streams_uni, max_incoming_uni_streams),
         ):
             limit.value = limit.sent = value
+        #: The peer's ``max_udp_payload_size`` (H5; RFC 9000's default until it is known).
+        self.peer_max_udp_payload_size = 65527
 
     # --- H1 ---------------------------------------------------------------------------------
     def _initialize(self, peer_cid: bytes) -> None:
@@ -243,6 +268,36 @@ class GlueberryQuicConnection(QuicConnection):
         finally:
             limit.used = used
 
+    # --- H5 ---------------------------------------------------------------------------------
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        # aioquic validated them (a malformed list closed the connection above); read the
+        # one it drops.
+        params = pull_quic_transport_parameters(Buffer(data=data))
+        if params.max_udp_payload_size is not None:
+            self.peer_max_udp_payload_size = params.max_udp_payload_size
+
+    @property
+    def max_datagram_size(self) -> int:
+        return int(self._max_datagram_size)
+
+    def set_max_datagram_size(self, size: int) -> int:
+        """Send datagrams of up to ``size`` bytes from now on (capped by the peer's
+        ``max_udp_payload_size`` and :data:`MAX_DATAGRAM_SIZE`); returns the size used.
+
+        Only for a path known to carry them (loopback): there is no path MTU discovery.
+        """
+        size = max(1200, min(size, self.peer_max_udp_payload_size, MAX_DATAGRAM_SIZE))
+        self._max_datagram_size = size
+        loss = self._loss
+        loss._pacer._max_datagram_size = size
+        cc = loss._cc
+        if hasattr(cc, "_max_datagram_size"):
+            cc._max_datagram_size = size
+        if hasattr(cc, "additive_increase_factor"):  # cubic
+            cc.additive_increase_factor = size
+        return size
+
     # --- H4 ---------------------------------------------------------------------------------
     def unsent(self, stream_id: int, written: int) -> int:
         """Bytes of ``written`` (all the application gave) not yet sent on ``stream_id``."""
@@ -276,6 +331,7 @@ def peer_certificates(conn: QuicConnection) -> list[x509.Certificate]:
 
 __all__ = [
     "HOOKS",
+    "MAX_DATAGRAM_SIZE",
     "VERIFIED_AIOQUIC",
     "GlueberryQuicConnection",
     "make_configuration",

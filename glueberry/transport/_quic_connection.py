@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -209,7 +210,8 @@ class QuicConnection:
         sendto = self._endpoint._sendto
         n = 0
         for data, addr in self._core.datagrams_to_send(now):
-            sendto(data, addr)
+            if not sendto(data, addr):  # too large for the path: back to the safe size
+                self._datagrams_too_large()
             n += 1
         self.datagrams_sent += n
         self._process_events()
@@ -358,11 +360,34 @@ class QuicConnection:
         interval = self._config.keepalive_interval
         if interval is not None:
             self._keepalive = self._loop.call_later(interval, self._on_keepalive)
+        self._loopback_datagrams()
         logger.debug("QUIC %s connection with %s established", self.direction, peer)
         if not self._ready.done():
             self._ready.set_result(None)
         if not self._is_client:
             self._endpoint._accepted(self)
+
+    def _loopback_datagrams(self) -> None:
+        """Use ``loopback_datagram_size`` with a loopback peer (its MTU is 64 KiB; aioquic's
+        cost is per packet), within the peer's ``max_udp_payload_size``."""
+        size = self._config.loopback_datagram_size
+        if size <= self._core.max_datagram_size:
+            return
+        try:
+            ip = ipaddress.ip_address(self.remote_address[0].split("%", maxsplit=1)[0])
+        except ValueError:
+            return
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_loopback:
+            used = self._core.set_max_datagram_size(size)
+            logger.debug("QUIC connection with %s: %d-byte datagrams", self.remote_peer, used)
+
+    def _datagrams_too_large(self) -> None:
+        base = self._config.max_datagram_size
+        if self._core.max_datagram_size > base:
+            logger.debug("QUIC path to %s refused large datagrams", self.remote_address)
+            self._core.set_max_datagram_size(base)
 
     def _on_terminated(self, ev: qe.ConnectionTerminated) -> None:
         code = ev.error_code

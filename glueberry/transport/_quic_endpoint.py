@@ -10,6 +10,7 @@ dropped unless they open a new inbound connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -289,9 +290,10 @@ class QuicEndpoint:
         conn._cids.clear()
         self._transport._endpoint_idle(self)
 
-    def _sendto(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def _sendto(self, data: bytes, addr: tuple[Any, ...]) -> bool:
+        """Send one datagram; False only when it is too large for the path (EMSGSIZE)."""
         if self._closed:
-            return
+            return True
         try:
             self._sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
@@ -299,6 +301,8 @@ class QuicEndpoint:
         except OSError as exc:
             self.send_failures += 1
             logger.debug("QUIC endpoint %s: sendto %s: %s", self.local_address, addr, exc)
+            return exc.errno != errno.EMSGSIZE
+        return True
 
     def send_datagram(self, data: bytes, address: tuple[Any, ...]) -> None:
         """Send one raw UDP datagram from this socket (hole punching: DCUtR's random

@@ -117,7 +117,12 @@ class QuicConfig:
     send_high_water: int = 256 * 1024
     """A stream's ``write`` waits while this many of its bytes wait unsent."""
     max_datagram_size: int = 1350
-    """Largest UDP payload we send."""
+    """Largest UDP payload we send (no path MTU discovery: a size every path carries)."""
+    loopback_datagram_size: int = 16383
+    """Largest UDP payload we send to a loopback peer once the handshake is done (the
+    loopback MTU is 64 KiB; capped by the peer's ``max_udp_payload_size``). aioquic's
+    cost is per packet, so larger datagrams move more bytes per CPU second. Set it to
+    ``max_datagram_size`` to keep one size everywhere."""
     socket_buffer: int = 4 * 1024 * 1024
     """SO_RCVBUF/SO_SNDBUF requested for each socket (the kernel may grant less)."""
     cert_key_type: CertKeyType = "ecdsa-p256"
@@ -138,8 +143,11 @@ class QuicConfig:
             raise ConfigError("QuicConfig.connection_receive_window must be >= the stream window")
         if self.send_high_water < 1024:
             raise ConfigError("QuicConfig.send_high_water must be >= 1 KiB")
-        if not 1200 <= self.max_datagram_size <= 65527:
-            raise ConfigError("QuicConfig.max_datagram_size must be in 1200..65527")
+        # aioquic encodes frame lengths in two bytes: larger datagrams would be corrupt.
+        top = hooks.MAX_DATAGRAM_SIZE
+        for name in ("max_datagram_size", "loopback_datagram_size"):
+            if not 1200 <= getattr(self, name) <= top:
+                raise ConfigError(f"QuicConfig.{name} must be in 1200..{top}")
 
 
 class QuicListener:

@@ -7,7 +7,9 @@ aioquic release that moves an internal the hooks rely on fails here, by name.
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
+from typing import Any
 
 import pytest
 from aioquic.quic import events
@@ -203,6 +205,56 @@ def test_hook_stream_state() -> None:
     assert pair.server._gb_conn_consumed == before + WINDOW
 
 
+def test_hook_datagram_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aioquic does not advertise max_udp_payload_size: the RFC 9000 default applies.
+    pair = Pair()
+    pair.pump()
+    assert pair.server is not None
+    assert pair.client.peer_max_udp_payload_size == 65527
+    assert pair.client.max_datagram_size == 1350
+    # Raised: datagrams grow, capped by aioquic's two-byte frame lengths, and the copies
+    # in loss recovery follow.
+    assert pair.client.set_max_datagram_size(65000) == hooks.MAX_DATAGRAM_SIZE
+    assert pair.client._loss._pacer._max_datagram_size == hooks.MAX_DATAGRAM_SIZE
+    assert vars(pair.client._loss._cc)["_max_datagram_size"] == hooks.MAX_DATAGRAM_SIZE
+    sid = pair.client.get_next_available_stream_id()
+    payload = os.urandom(WINDOW)
+    pair.client.send_stream_data(sid, payload, end_stream=True)
+    sizes: list[int] = []
+    for _ in range(200):
+        pair.now += 0.001
+        for data, _ in pair.client.datagrams_to_send(pair.now):
+            sizes.append(len(data))
+            pair.server.receive_datagram(data, CLIENT_ADDR, now=pair.now)
+        for data, _ in pair.server.datagrams_to_send(pair.now):
+            pair.client.receive_datagram(data, SERVER_ADDR, now=pair.now)
+        while (ev := pair.server.next_event()) is not None:
+            pair.events["server"].append(ev)
+    got = b"".join(
+        e.data
+        for e in pair.events["server"]
+        if isinstance(e, events.StreamDataReceived) and e.stream_id == sid
+    )
+    assert got == payload
+    assert max(sizes) > 8 * 1024
+    assert max(sizes) <= hooks.MAX_DATAGRAM_SIZE
+    # The peer's max_udp_payload_size is read from its transport parameters and caps it.
+    from aioquic.quic import connection as aioquic_connection
+
+    push = vars(aioquic_connection)["push_quic_transport_parameters"]
+
+    def advertise_1452(buf: Any, params: Any) -> None:
+        params.max_udp_payload_size = 1452
+        push(buf, params)
+
+    monkeypatch.setattr(aioquic_connection, "push_quic_transport_parameters", advertise_1452)
+    capped = Pair()
+    capped.pump()
+    assert capped.handshake_done("client")
+    assert capped.client.peer_max_udp_payload_size == 1452
+    assert capped.client.set_max_datagram_size(hooks.MAX_DATAGRAM_SIZE) == 1452
+
+
 def test_configuration_fields_exist() -> None:
     names = {f.name for f in dataclasses.fields(QuicConfiguration)}
     assert {"certificate", "private_key", "verify_mode", "server_name"} <= names
@@ -212,7 +264,13 @@ def test_configuration_fields_exist() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["_initialize", "_write_stream_limits", "_write_connection_limits"]
+    "name",
+    [
+        "_initialize",
+        "_write_stream_limits",
+        "_write_connection_limits",
+        "_parse_transport_parameters",
+    ],
 )
 def test_overridden_methods_exist(name: str) -> None:
     from aioquic.quic.connection import QuicConnection

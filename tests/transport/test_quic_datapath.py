@@ -1,0 +1,185 @@
+"""QUIC data path over loopback: datagram sizes, fallbacks, packet economy.
+
+The transport's own work per packet is small next to aioquic's, so these tests pin down how
+many packets, datagrams and wake-ups the driver asks aioquic for, and that every shortcut
+keeps the bytes intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from glueberry.errors import ConfigError
+from glueberry.transport import _aioquic_hooks as hooks
+from glueberry.transport.quic import QuicConfig, QuicConnection, QuicStream, QuicTransport
+from glueberry.wire.identity import PrivateKey
+
+SERVER_KEY = PrivateKey.from_seed(b"\x41" * 32)
+CLIENT_KEY = PrivateKey.from_seed(b"\x42" * 32)
+
+
+class Echo:
+    """A listening transport that echoes every stream."""
+
+    def __init__(self, config: QuicConfig | None = None) -> None:
+        self.transport = QuicTransport(SERVER_KEY, config)
+        self.connections: list[QuicConnection] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, listen: str = "/ip4/127.0.0.1/udp/0/quic-v1") -> str:
+        lst = await self.transport.listen(listen, self._on_connection)
+        return str(lst.multiaddrs[0])
+
+    def _on_connection(self, conn: QuicConnection) -> None:
+        self.connections.append(conn)
+        conn.set_stream_handler(self._on_stream)
+
+    def _on_stream(self, stream: QuicStream) -> None:
+        task = asyncio.get_running_loop().create_task(self._echo(stream))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _echo(self, stream: QuicStream) -> None:
+        try:
+            while data := await stream.read():
+                await stream.write(data)
+            await stream.close_write()
+        except Exception:  # the client may reset: nothing to do
+            stream.reset()
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Echo]:
+    server = Echo()
+    yield server
+    server.transport.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[QuicTransport]:
+    transport = QuicTransport(CLIENT_KEY)
+    yield transport
+    transport.close()
+
+
+async def round_trip(conn: QuicConnection, payload: bytes) -> bytes:
+    stream = await conn.open_stream()
+
+    async def send() -> None:
+        await stream.write(payload)
+        await stream.close_write()
+
+    sender = asyncio.get_running_loop().create_task(send())
+    parts = []
+    while data := await stream.read():
+        parts.append(data)
+    await sender
+    await stream.close()
+    return b"".join(parts)
+
+
+def spy_sizes(conn: QuicConnection) -> list[int]:
+    """Record the size of every datagram the connection's endpoint sends."""
+    sizes: list[int] = []
+    endpoint = conn.endpoint
+    send = endpoint._sendto
+
+    def sendto(data: bytes, addr: tuple[Any, ...]) -> bool:
+        sizes.append(len(data))
+        return send(data, addr)
+
+    endpoint._sendto = sendto  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_loopback_peers_use_large_datagrams(echo: Echo, client: QuicTransport) -> None:
+    addr = await echo.start()
+    conn = await client.dial(addr, SERVER_KEY.peer_id)
+    sizes = spy_sizes(conn)
+    payload = os.urandom(1 << 20)
+    got = await round_trip(conn, payload)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    size = QuicConfig().loopback_datagram_size
+    assert conn._core.max_datagram_size == size
+    assert echo.connections[0]._core.max_datagram_size == size
+    assert max(sizes) > 8 * 1024
+    assert max(sizes) <= size
+    # 1 MiB in datagrams of ~16 KiB: a few dozen data packets, not ~800.
+    assert len(sizes) < 300
+
+
+async def test_ipv6_loopback_uses_large_datagrams(client: QuicTransport) -> None:
+    server = Echo()
+    try:
+        addr = await server.start("/ip6/::1/udp/0/quic-v1")
+        conn = await client.dial(addr, SERVER_KEY.peer_id)
+        assert await round_trip(conn, b"x" * 100_000) == b"x" * 100_000
+        assert conn._core.max_datagram_size == QuicConfig().loopback_datagram_size
+    finally:
+        server.transport.close()
+
+
+async def test_loopback_size_can_be_turned_off() -> None:
+    config = QuicConfig(loopback_datagram_size=1350)
+    server = Echo(config)
+    client = QuicTransport(CLIENT_KEY, config)
+    try:
+        addr = await server.start()
+        conn = await client.dial(addr, SERVER_KEY.peer_id)
+        sizes = spy_sizes(conn)
+        assert await round_trip(conn, b"y" * 200_000) == b"y" * 200_000
+        assert conn._core.max_datagram_size == 1350
+        assert max(sizes) <= 1350
+    finally:
+        client.close()
+        server.transport.close()
+
+
+class TooLargeSocket:
+    """A socket proxy whose path refuses datagrams over 1350 bytes (EMSGSIZE)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        if len(data) > 1350:
+            self.refused += 1
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        return int(self._sock.sendto(data, addr))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+async def test_a_path_refusing_large_datagrams_falls_back(client: QuicTransport) -> None:
+    server = Echo()
+    try:
+        addr = await server.start()
+        conn = await client.dial(addr, SERVER_KEY.peer_id)
+        proxy = TooLargeSocket(conn.endpoint._sock)
+        conn.endpoint._sock = proxy  # type: ignore[assignment]
+        payload = os.urandom(300_000)
+        async with asyncio.timeout(20):
+            got = await round_trip(conn, payload)
+        assert got == payload
+        assert proxy.refused >= 1
+        assert conn._core.max_datagram_size == QuicConfig().max_datagram_size
+    finally:
+        server.transport.close()
+
+
+def test_datagram_sizes_are_bounded_by_aioquic_frames() -> None:
+    assert QuicConfig().loopback_datagram_size == hooks.MAX_DATAGRAM_SIZE
+    for bad in (1199, hooks.MAX_DATAGRAM_SIZE + 1):
+        with pytest.raises(ConfigError):
+            QuicConfig(max_datagram_size=bad)
+        with pytest.raises(ConfigError):
+            QuicConfig(loopback_datagram_size=bad)
