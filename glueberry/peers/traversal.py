@@ -280,6 +280,8 @@ class NodeTraversal:
         self._host: Host | None = None
         self._kinds: dict[PeerId, ConnectionType] = {}
         self._punched: set[MuxedConnection] = set()
+        #: One budget per relayed connection, shared by all its streams.
+        self._budgets: dict[MuxedConnection, RelayBudget] = {}
         self._deferred: dict[PeerId, asyncio.TimerHandle] = {}
         self._remove_listener: Callable[[], None] | None = None
         self._closed = False
@@ -332,24 +334,31 @@ class NodeTraversal:
         return None if conn is None else self._kind(conn)
 
     def budget_for(self, conn: MuxedConnection) -> RelayBudget | None:
-        """The budget of a relayed connection with a data or duration limit, else ``None``."""
+        """The budget of a relayed connection with a data or duration limit, else ``None``
+        (the same object for every stream of the connection)."""
         if conn.transport_name != _CIRCUIT:
             return None
+        budget = self._budgets.get(conn)
+        if budget is not None:
+            return budget
         circuit = self.circuit.circuit_for(conn)
-        if circuit is None or circuit.limit is None:
+        if circuit is None or circuit.limit is None or conn.is_closed:
             return None
         budget = RelayBudget(circuit)
-        return budget if budget.data or budget.duration else None
+        if not (budget.data or budget.duration):
+            return None
+        self._budgets[conn] = budget
+        return budget
 
     def connection_error(self, conn: MuxedConnection) -> BaseException | None:
         """Why a relayed connection ended, when a relay limit ended it (else ``None``)."""
         if conn.transport_name != _CIRCUIT:
             return None
-        circuit = self.circuit.circuit_for(conn)
+        budget = self._budgets.get(conn)
+        circuit = budget.circuit if budget is not None else self.circuit.circuit_for(conn)
         if circuit is None or circuit.limit_reached is None:
             return None
-        budget = RelayBudget(circuit)
-        cause = budget.error(conn.remote_peer, "")
+        cause = RelayBudget(circuit).error(conn.remote_peer, "")
         err = ConnectionLost(
             f"the relay's {circuit.limit_reached} limit ended the relayed connection to"
             f" {conn.remote_peer}",
@@ -421,6 +430,7 @@ class NodeTraversal:
 
     def _on_disconnected(self, conn: MuxedConnection) -> None:
         self._punched.discard(conn)
+        self._budgets.pop(conn, None)
         if not self._closed:
             self._refresh(conn.remote_peer)
 

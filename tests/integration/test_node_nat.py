@@ -31,7 +31,7 @@ from tests.integration.node_harness import key, wait_for, wait_state
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 S = ConnectionState
-STREAMS = ["chat"]
+STREAMS = ["chat", "news"]
 
 
 def relay_config(i: int, **limits: Any) -> glueberry.Config:
@@ -180,16 +180,24 @@ async def test_relay_data_budget_refuses_what_does_not_fit_and_loses_nothing() -
             await b.send(a.peer_id, "chat", bytes(budget))
         assert info.value.limit == "relay_circuit_data" and info.value.remote
         assert info.value.peer_id == a.peer_id and info.value.stream == "chat"
-        # The connection is intact; fill the budget with 1 KiB messages until refused.
+        # The connection is intact; fill the budget with 1 KiB messages on two streams (they
+        # share the connection's budget) until refused.
         accepted = 0
-        with pytest.raises(ResourceLimitExceeded):
+
+        async def fill(name: str) -> None:
+            nonlocal accepted
             for i in range(budget // 1024 + 1):
-                await b.send(a.peer_id, "chat", i.to_bytes(4, "big") * 256)
+                await b.send(a.peer_id, name, name.encode() + i.to_bytes(4, "big") * 255)
                 accepted += 1
+
+        results = await asyncio.gather(fill("chat"), fill("news"), return_exceptions=True)
+        assert all(isinstance(r, ResourceLimitExceeded) for r in results), results
         assert accepted > budget // 1024 // 2
-        # Every accepted message arrives, in order: none was cut off by the relay.
-        got = [(await a.messages().get()).data for _ in range(accepted)]
-        assert got == [i.to_bytes(4, "big") * 256 for i in range(accepted)]
+        # Every accepted message arrives, in order per stream: none was cut off by the relay.
+        got = [await a.messages().get() for _ in range(accepted)]
+        for name in ("chat", "news"):
+            mine = [m.data for m in got if m.stream_name == name]
+            assert mine == [name.encode() + i.to_bytes(4, "big") * 255 for i in range(len(mine))]
         assert [c.transport_name for c in b.host.connections(a.peer_id)] == ["circuit"]
         assert b.connection_state(a.peer_id) is S.ESTABLISHED
         # The other direction has its own budget.
