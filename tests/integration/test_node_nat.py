@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -242,3 +244,22 @@ async def test_without_nat_traversal_every_peer_is_direct_and_no_changes_are_pub
         stats = a.peer_statistics(b.peer_id)
         assert stats is not None and stats.connection_type == "direct"
         assert len(changes) == 0
+
+
+async def test_nat_nodes_stop_cleanly_and_a_failed_start_leaves_nothing() -> None:
+    before = set(asyncio.all_tasks())
+    async with trio() as (_relay, a, b):
+        await relayed_session(a, b)
+        assert a.nat is not None and a.nat.relay_addrs
+    await asyncio.sleep(0)
+    assert set(asyncio.all_tasks()) <= before
+    # A listen address that cannot be bound: start fails, transports and tasks are released.
+    bad = Node(glueberry.Config(key(24), None, ["/ip4/203.0.113.1/tcp/0"], enable_autonat=True))
+    with pytest.raises(glueberry.ConnectError):
+        await bad.start()
+    assert not bad.is_running and bad.nat is None
+    await asyncio.sleep(0)
+    assert set(asyncio.all_tasks()) <= before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gc.collect()
