@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -215,7 +216,11 @@ async def test_relay_duration_limit_tells_the_application() -> None:
         await b.send(a.peer_id, "chat", b"early")
         assert (await a.messages().get()).data == b"early"
         # Within the last second before the relay's deadline messages are refused...
-        await asyncio.sleep(2.2)
+        assert b._traversal is not None
+        (conn,) = b.host.connections(a.peer_id)
+        circuit = b._traversal.circuit.circuit_for(conn)
+        assert circuit is not None
+        await asyncio.sleep(max(0.0, circuit.opened_at + 2.2 - time.monotonic()))
         with pytest.raises(ResourceLimitExceeded) as info:
             await b.send(a.peer_id, "chat", b"late")
         assert info.value.limit == "relay_circuit_duration"
