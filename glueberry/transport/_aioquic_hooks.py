@@ -2,7 +2,7 @@
 
 aioquic (https://github.com/aiortc/aioquic) is a sans-I/O QUIC stack; :mod:`.quic` drives
 its public API (``receive_datagram``, ``datagrams_to_send``, ``next_event``, ``get_timer``,
-``send_stream_data``, ...). libp2p needs five things that public API does not offer. Each is
+``send_stream_data``, ...). libp2p needs six things that public API does not offer. Each is
 done here and nowhere else, and each has one guard test in
 ``tests/transport/test_quic_hooks.py``, so an aioquic release that moves the internals fails
 those tests loudly instead of silently weakening security or flow control:
@@ -51,6 +51,15 @@ H5 ``datagram-size``
     transport parameters (``_parse_transport_parameters``) so the size never exceeds what
     the peer accepts (RFC 9000 §18.2).
 
+H6 ``ack-with-data``
+    aioquic delays every ACK by ``K_GRANULARITY`` (1 ms) and only writes an ACK frame into
+    a packet once that delay has passed, so a request/response exchange sends each data
+    packet and, a millisecond later, a separate ACK-only packet, and each side wakes up
+    once more to send it. :meth:`GlueberryQuicConnection.ack_with_data` moves the
+    pending 1-RTT ACK deadline (``_spaces[ONE_RTT].ack_at``) to now when the driver is
+    about to send application data, so the ACK rides on that packet (as quic-go and
+    most stacks do); bulk receivers, which send no data, keep the delayed ACKs.
+
 Configuration fields that aioquic marks "for internal purposes" (``certificate``,
 ``private_key``, ``verify_mode``) are set in :func:`make_configuration`; they are covered
 by the guard tests too.
@@ -63,6 +72,7 @@ import ssl
 from typing import TYPE_CHECKING, Any, Final
 
 import aioquic
+from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -82,6 +92,7 @@ HOOKS: Final = (
     "receive-window",
     "stream-state",
     "datagram-size",
+    "ack-with-data",
 )
 #: aioquic writes STREAM frame and long-header lengths as 2-byte varints: a datagram
 #: larger than this could carry a frame whose length does not fit (a corrupt packet).
@@ -159,7 +170,7 @@ def make_configuration(
 
 
 class GlueberryQuicConnection(QuicConnection):
-    """An aioquic ``QuicConnection`` with hooks H1, H3, H4 and H5 (see the module docstring).
+    """An aioquic ``QuicConnection`` with hooks H1, H3-H6 (see the module docstring).
 
     Args:
         configuration: from :func:`make_configuration`.
@@ -297,6 +308,14 @@ class GlueberryQuicConnection(QuicConnection):
         if hasattr(cc, "additive_increase_factor"):  # cubic
             cc.additive_increase_factor = size
         return size
+
+    # --- H6 ---------------------------------------------------------------------------------
+    def ack_with_data(self, now: float) -> None:
+        """Let the next 1-RTT packet carry the pending ACK instead of waiting for the
+        delayed-ACK deadline (call it when application data is about to be sent)."""
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is not None and space.ack_at > now:
+            space.ack_at = now
 
     # --- H4 ---------------------------------------------------------------------------------
     def unsent(self, stream_id: int, written: int) -> int:

@@ -106,6 +106,8 @@ class QuicConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._flush_scheduled = False
+        self._data_queued = False  # application data handed to aioquic since the last flush
+        self._flush_now = False  # the handshake just completed: flush without delay
         self._ping_id = 0
         self._keepalive: asyncio.TimerHandle | None = None
         self._deadline: asyncio.TimerHandle | None = self._loop.call_later(
@@ -207,9 +209,13 @@ class QuicConnection:
         if self._terminated:
             return
         now = self._loop.time()
+        core = self._core
+        if self._data_queued:  # the pending ACK rides on the data (hook H6)
+            self._data_queued = False
+            core.ack_with_data(now)
         sendto = self._endpoint._sendto
         n = 0
-        for data, addr in self._core.datagrams_to_send(now):
+        for data, addr in core.datagrams_to_send(now):
             if not sendto(data, addr):  # too large for the path: back to the safe size
                 self._datagrams_too_large()
             n += 1
@@ -218,6 +224,18 @@ class QuicConnection:
         if self._blocked:
             self._wake_blocked()
         self._rearm_timer()
+
+    def _after_receive(self) -> None:
+        """Flush after a batch of datagrams: at once while handshaking (and for the batch
+        that completed it: the client's Finished goes out before ``dial`` returns);
+        otherwise on the next loop iteration, since the application usually reacts to
+        what was just delivered (a reply, a read that re-opens a window) in that
+        iteration, and one flush then carries its data and the ACKs together."""
+        if self._flush_now or not self._established:
+            self._flush_now = False
+            self._transmit()
+        else:
+            self._want_transmit()
 
     def _want_transmit(self) -> None:
         if not self._flush_scheduled:
@@ -354,6 +372,7 @@ class QuicConnection:
         self.remote_peer = peer
         self.remote_public_key = key
         self._established = True
+        self._flush_now = True
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -471,6 +490,7 @@ class QuicConnection:
         except (RuntimeError, ValueError) as exc:  # reset under our feet
             raise StreamReset(f"QUIC stream {stream.stream_id}: {exc}") from exc
         stream._written += len(data)
+        self._data_queued = True
         self._want_transmit()
 
     def _send_fin(self, stream: QuicStream) -> None:
@@ -478,6 +498,7 @@ class QuicConnection:
             return
         with contextlib.suppress(RuntimeError, ValueError):
             self._core.send_stream_data(stream.stream_id, b"", end_stream=True)
+            self._data_queued = True
             self._want_transmit()
 
     def _reset_sending(self, stream: QuicStream, code: int) -> None:

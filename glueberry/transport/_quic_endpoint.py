@@ -163,7 +163,7 @@ class QuicEndpoint:
                 logger.exception("QUIC endpoint: datagram from %s failed", addr)
         touched, self._touched = self._touched, set()
         for conn in touched:
-            conn._transmit()
+            conn._after_receive()
 
     def _datagram(self, data: bytes, addr: tuple[Any, ...], now: float) -> None:
         n = len(data)

@@ -12,6 +12,7 @@ import ssl
 from typing import Any
 
 import pytest
+from aioquic import tls
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -253,6 +254,31 @@ def test_hook_datagram_size(monkeypatch: pytest.MonkeyPatch) -> None:
     assert capped.handshake_done("client")
     assert capped.client.peer_max_udp_payload_size == 1452
     assert capped.client.set_max_datagram_size(hooks.MAX_DATAGRAM_SIZE) == 1452
+
+
+def test_hook_ack_with_data() -> None:
+    pair = Pair()
+    pair.pump()
+    pair.expire(1.0)  # every handshake ACK sent, nothing in flight
+    pair.pump()
+    assert pair.server is not None
+    client, server = pair.client, pair.server
+    assert client._loss.bytes_in_flight == 0
+    sid = client.get_next_available_stream_id()
+    now = pair.now + 0.01
+    client.send_stream_data(sid, b"ping")
+    for data, _ in client.datagrams_to_send(now):
+        server.receive_datagram(data, CLIENT_ADDR, now=now)
+    assert client._loss.bytes_in_flight > 0
+    space = server._spaces[tls.Epoch.ONE_RTT]
+    assert space.ack_at is not None and space.ack_at > now  # aioquic delays the ACK
+    # The reply carries the ACK: one datagram, and the client's ping is acknowledged.
+    server.ack_with_data(now)
+    server.send_stream_data(sid, b"pong")
+    out = server.datagrams_to_send(now)
+    assert len(out) == 1 and space.ack_at is None
+    client.receive_datagram(out[0][0], SERVER_ADDR, now=now)
+    assert client._loss.bytes_in_flight == 0
 
 
 def test_configuration_fields_exist() -> None:
