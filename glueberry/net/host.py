@@ -294,6 +294,7 @@ class Host:
         config: HostConfig | None = None,
     ) -> None:
         self.identity = identity
+        self._peer_id = identity.peer_id  # derived (protobuf + multihash) once, not per use
         self.config = config if config is not None else HostConfig()
         cfg = self.config
         self._listen_addrs = [Multiaddr(a) for a in listen_addrs]
@@ -331,7 +332,7 @@ class Host:
 
     @property
     def peer_id(self) -> PeerId:
-        return self.identity.peer_id
+        return self._peer_id
 
     async def __aenter__(self) -> Host:
         await self.start()

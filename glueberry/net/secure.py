@@ -55,6 +55,7 @@ from glueberry.proto.noise import (
     PROTOCOL_ID,
     HandshakeCompleted,
     NoiseHandshake,
+    NoiseStaticKey,
     NoiseTransport,
 )
 
@@ -401,7 +402,7 @@ async def _run_handshake(
         conn = NoiseConnection(
             raw,
             event.transport,
-            local_peer=identity.peer_id,
+            local_peer=machine.local_peer,
             remote_peer=event.remote_peer,
             remote_public_key=event.remote_public_key,
             early_muxer=event.muxer,
@@ -444,6 +445,8 @@ async def secure_outbound(
     expected_peer: PeerId | None,
     muxers: Sequence[str] = DEFAULT_MUXERS,
     timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,  # noqa: ASYNC109 - per-step deadline
+    *,
+    static: NoiseStaticKey | None = None,
 ) -> NoiseConnection:
     """Run the Noise handshake as initiator (dialer) and return the secured connection.
 
@@ -455,13 +458,17 @@ async def secure_outbound(
             addresses without a peer ID).
         muxers: muxers offered for early negotiation (empty: none).
         timeout: deadline in seconds for the whole handshake (None: none).
+        static: a :class:`~glueberry.proto.noise.NoiseStaticKey` of ``identity`` to reuse
+            (None: a fresh static key for this handshake).
 
     Raises:
         HandshakeTimeout, ConnectionLost, SecurityError (PeerIdMismatch, DecryptionFailed),
         NegotiationFailed (disjoint muxer lists), RemoteProtocolError. On any failure the raw
         connection is aborted.
     """
-    machine = NoiseHandshake(True, identity, expected_peer=expected_peer, muxers=muxers)
+    machine = NoiseHandshake(
+        True, identity, expected_peer=expected_peer, muxers=muxers, static=static
+    )
     return await _run_handshake(raw, machine, identity, timeout)
 
 
@@ -472,13 +479,16 @@ async def secure_inbound(
     timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,  # noqa: ASYNC109 - per-step deadline
     *,
     expected_peer: PeerId | None = None,
+    static: NoiseStaticKey | None = None,
 ) -> NoiseConnection:
     """Run the Noise handshake as responder (listener) and return the secured connection.
 
     Arguments, errors and cleanup as for :func:`secure_outbound`; ``expected_peer`` is
     optional here (a listener usually accepts any authenticated peer).
     """
-    machine = NoiseHandshake(False, identity, expected_peer=expected_peer, muxers=muxers)
+    machine = NoiseHandshake(
+        False, identity, expected_peer=expected_peer, muxers=muxers, static=static
+    )
     return await _run_handshake(raw, machine, identity, timeout)
 
 

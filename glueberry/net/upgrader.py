@@ -106,8 +106,16 @@ SecuredHook = Callable[["SecureConnection"], None]
 
 
 def noise_security() -> SecureUpgrade:
-    """The Noise XX security upgrade (:mod:`glueberry.net.secure`)."""
+    """The Noise XX security upgrade (:mod:`glueberry.net.secure`).
+
+    One X25519 static key (and its signed payload) is made on first use and reused by every
+    handshake of this upgrade with the same identity (see
+    :class:`~glueberry.proto.noise.NoiseStaticKey`).
+    """
     from glueberry.net.secure import secure_inbound, secure_outbound
+    from glueberry.proto.noise import NoiseStaticKey
+
+    statics: list[NoiseStaticKey] = []
 
     async def upgrade(
         raw: RawConnection,
@@ -117,9 +125,12 @@ def noise_security() -> SecureUpgrade:
         expected_peer: PeerId | None,
         muxers: Sequence[str],
     ) -> SecureConnection:
+        if not statics or statics[0].identity is not identity:
+            statics[:] = [NoiseStaticKey(identity)]
+        static = statics[0]
         if is_initiator:
-            return await secure_outbound(raw, identity, expected_peer, muxers, None)
-        return await secure_inbound(raw, identity, muxers, None)
+            return await secure_outbound(raw, identity, expected_peer, muxers, None, static=static)
+        return await secure_inbound(raw, identity, muxers, None, static=static)
 
     return upgrade
 

@@ -527,6 +527,43 @@ def _match_muxers(initiator: Sequence[str], responder: Sequence[str]) -> str | N
     )
 
 
+class NoiseStaticKey:
+    """An X25519 static key reused across handshakes, with its libp2p signature.
+
+    The handshake payload (identity key, signature over the static key, muxer list) is
+    encoded once per muxer list instead of once per handshake, saving a key generation, an
+    Ed25519 signature and the payload encoding on every connection. js-libp2p likewise keeps
+    one static key per node; go makes one per session. Reuse costs no forward secrecy: the
+    session keys also mix the ephemeral-ephemeral DH, and the static key never leaves memory.
+    """
+
+    __slots__ = ("_payloads", "_signature", "identity", "peer_id", "private", "public")
+
+    def __init__(self, identity: PrivateKey, private: X25519PrivateKey | None = None) -> None:
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.private = private if private is not None else X25519PrivateKey.generate()
+        self.public = self.private.public_key().public_bytes_raw()
+        self._signature = identity.sign(SIGNATURE_PREFIX + self.public)
+        self._payloads: dict[tuple[str, ...], bytes] = {}
+
+    def payload(self, muxers: tuple[str, ...]) -> bytes:
+        """The encoded handshake payload offering ``muxers`` (cached per list)."""
+        out = self._payloads.get(muxers)
+        if out is None:
+            extensions = NoiseExtensions(stream_muxers=muxers) if muxers else None
+            out = encode_payload(
+                NoiseHandshakePayload(
+                    identity_key=self.identity.public_key.to_protobuf(),
+                    identity_sig=self._signature,
+                    extensions=extensions,
+                )
+            )
+            if len(self._payloads) < 8:
+                self._payloads[muxers] = out
+        return out
+
+
 class NoiseHandshake:
     """A libp2p Noise XX handshake, initiator or responder (see the module docstring).
 
@@ -539,6 +576,8 @@ class NoiseHandshake:
             offer any (then the result is always None).
         static_key: the X25519 static key (default: a fresh one per session, as go does).
         ephemeral_key: the X25519 ephemeral key (default: fresh); for tests only.
+        static: a :class:`NoiseStaticKey` of ``identity`` to reuse (its key and cached
+            payload); excludes ``static_key``.
     """
 
     def __init__(
@@ -550,6 +589,7 @@ class NoiseHandshake:
         muxers: Sequence[str] = ("/yamux/1.0.0",),
         static_key: X25519PrivateKey | None = None,
         ephemeral_key: X25519PrivateKey | None = None,
+        static: NoiseStaticKey | None = None,
     ) -> None:
         if isinstance(muxers, str):
             raise LocalProtocolError("muxers must be a sequence of names, not a str")
@@ -559,9 +599,18 @@ class NoiseHandshake:
         self._identity = identity
         self._expected = expected_peer
         self._muxers = tuple(muxers)
-        self._s = static_key if static_key is not None else X25519PrivateKey.generate()
+        if static is not None:
+            if static_key is not None or static.identity is not identity:
+                raise LocalProtocolError("static must belong to identity, without static_key")
+            self._s = static.private
+            self._s_pub = static.public
+        else:
+            self._s = static_key if static_key is not None else X25519PrivateKey.generate()
+            self._s_pub = self._s.public_key().public_bytes_raw()
+        self._static = static
+        #: Our own peer ID (from ``static`` when given: derived once per key, not per session).
+        self.local_peer = static.peer_id if static is not None else identity.peer_id
         self._e = ephemeral_key if ephemeral_key is not None else X25519PrivateKey.generate()
-        self._s_pub = self._s.public_key().public_bytes_raw()
         self._e_pub = self._e.public_key().public_bytes_raw()
         self._re = b""
         self._ss = _SymmetricState()
@@ -689,6 +738,8 @@ class NoiseHandshake:
         )
 
     def _our_payload(self) -> bytes:
+        if self._static is not None:
+            return self._static.payload(self._muxers)
         signature = self._identity.sign(SIGNATURE_PREFIX + self._s_pub)
         extensions = NoiseExtensions(stream_muxers=self._muxers) if self._muxers else None
         return encode_payload(
@@ -769,9 +820,11 @@ __all__ = [
     "NONCE_LIMIT",
     "PROTOCOL_ID",
     "PROTOCOL_NAME",
+    "SEAL_IN_PLACE",
     "SIGNATURE_PREFIX",
     "HandshakeCompleted",
     "NoiseEvent",
     "NoiseHandshake",
+    "NoiseStaticKey",
     "NoiseTransport",
 ]

@@ -30,6 +30,7 @@ from glueberry.proto.noise import (
     SIGNATURE_PREFIX,
     HandshakeCompleted,
     NoiseHandshake,
+    NoiseStaticKey,
     NoiseTransport,
 )
 from glueberry.wire import protobuf
@@ -691,6 +692,44 @@ def test_receive_nonce_exhaustion() -> None:
         b.decrypt(last)
     with pytest.raises(DecryptionFailed):
         b.decrypt(last)
+
+
+# --- NoiseStaticKey: one static key and payload for many handshakes --------------------------
+
+
+def test_static_key_reused_across_handshakes() -> None:
+    static = NoiseStaticKey(ALICE)
+    remotes = []
+    for _ in range(3):
+        i = NoiseHandshake(True, ALICE, expected_peer=BOB.peer_id, static=static)
+        r = NoiseHandshake(False, BOB)
+        pump(i, r)
+        ei, er = completed(i), completed(r)
+        assert er.remote_peer == ALICE.peer_id and ei.remote_peer == BOB.peer_id
+        assert er.transport.decrypt(ei.transport.encrypt(b"x")) == b"x"
+        remotes.append(r._re)  # the ephemeral keys differ per session
+        assert i._s_pub == static.public and i.local_peer == ALICE.peer_id
+    assert len(set(remotes)) == 3
+    # The payload is encoded once per muxer list.
+    assert static.payload(("/yamux/1.0.0",)) is static.payload(("/yamux/1.0.0",))
+    assert static.payload(()) != static.payload(("/yamux/1.0.0",))
+
+
+def test_static_key_as_responder_checks_out_with_the_oracle_signature() -> None:
+    static = NoiseStaticKey(BOB)
+    i = NoiseHandshake(True, ALICE, expected_peer=BOB.peer_id)
+    r = NoiseHandshake(False, BOB, static=static)
+    pump(i, r)
+    assert completed(i).remote_public_key == BOB.public_key  # signature verified
+    assert completed(r).remote_peer == ALICE.peer_id
+
+
+def test_static_key_must_belong_to_the_identity() -> None:
+    with pytest.raises(LocalProtocolError):
+        NoiseHandshake(True, ALICE, static=NoiseStaticKey(BOB))
+    static = NoiseStaticKey(ALICE)
+    with pytest.raises(LocalProtocolError):
+        NoiseHandshake(True, ALICE, static=static, static_key=x25519(1))
 
 
 # --- decrypt_into / seal: the allocation-free data path ---------------------------------------
