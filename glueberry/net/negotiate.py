@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from glueberry.errors import ConnectionLost, HandshakeTimeout
 from glueberry.proto.multistream import (
@@ -35,6 +35,9 @@ from glueberry.proto.multistream import (
     MultistreamListener,
     ProtocolSelected,
 )
+
+if TYPE_CHECKING:
+    from glueberry.transport.base import RawConnection
 
 #: Default deadline for one negotiation (go: 10 s for streams, js: 10 s).
 DEFAULT_TIMEOUT: Final = 10.0
@@ -169,8 +172,97 @@ async def select_protocol_lazy(
     return LazySelection(conn, machine)
 
 
+#: Methods a connection wrapper binds straight to the inner connection (no ``__getattr__``
+#: per call on the data path).
+_PASS_THROUGH: Final = (
+    "drain",
+    "close",
+    "abort",
+    "is_closing",
+    "wait_closed",
+    "set_receiver",
+    "pause_reading",
+    "resume_reading",
+)
+
+
+def bind_methods(wrapper: object, inner: object, names: Sequence[str]) -> None:
+    """Make each of ``names`` that ``inner`` has an attribute of ``wrapper`` bound to it."""
+    for name in names:
+        method = getattr(inner, name, None)
+        if method is not None:
+            setattr(wrapper, name, method)
+
+
+class LazyConnection:
+    """A raw connection (pull mode) during a 0-RTT selection of the protocol that runs on it.
+
+    For a dialer with a single candidate (a host configured with one security protocol): the
+    multistream header and the proposal ride in front of the first write (the security
+    handshake's first message), so the negotiation costs no round trip of its own. The first
+    :meth:`read` consumes the listener's header and echo (raising
+    :class:`~glueberry.errors.NegotiationFailed` on ``na``) and returns what follows. Every
+    other attribute is the inner connection's; once confirmed, ``write`` and ``read`` go
+    straight to it.
+
+    A listener that refuses has taken the handshake bytes for a next proposal and will drop
+    the connection: with one candidate there is nothing to fall back to anyway.
+    """
+
+    def __init__(self, inner: RawConnection, protocol: str) -> None:
+        self._inner = inner
+        self._machine = MultistreamDialer([protocol], lazy=True)
+        self._head: bytes | None = self._machine.data_to_send()
+        self.protocol = protocol
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"<LazyConnection {self.protocol} over {self._inner!r}>"
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + bytes(data)
+        self._inner.write(data)
+
+    async def read(self) -> bytes:
+        """The bytes after the listener's answer, then the inner connection's.
+
+        Raises:
+            NegotiationFailed: the listener refused the protocol.
+            RemoteProtocolError: the listener broke multistream-select.
+            ConnectionLost: end of stream before the answer (a listener that refuses may
+                drop the connection as soon as it reads the handshake bytes it takes for a
+                second proposal, before its ``na`` arrives).
+        """
+        machine = self._machine
+        if self._head is not None:  # the protocol on top waits for the other side first
+            self.write(b"")
+        while not machine.is_finished:
+            why = f"connection ended before the peer answered the 0-RTT proposal {self.protocol!r}"
+            try:
+                data = await self._inner.read()
+            except ConnectionLost as exc:  # a refusing listener may drop us at once
+                raise ConnectionLost(f"{why} (refused?)") from exc
+            if not data:
+                raise ConnectionLost(f"{why} (refused?)")
+            machine.receive_data(data)
+            for event in machine.events():
+                if isinstance(event, ProtocolSelected):
+                    # Confirmed: from now on this is the inner connection, without even a
+                    # __getattr__ on the data path.
+                    bind_methods(self, self._inner, ("read", "write", *_PASS_THROUGH))
+                    if event.trailing_data:
+                        return event.trailing_data
+        return await self._inner.read()
+
+
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "LazyConnection",
     "LazySelection",
     "NegotiationIO",
     "handle_protocol",

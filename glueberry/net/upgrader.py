@@ -15,6 +15,15 @@ Each step hands the bytes it read past its end to the next one (``trailing``): a
 pipeline its Noise message 1 right after ``/noise\\n``, so those bytes are replayed to the
 next layer through :class:`PrefixedConnection` instead of being lost (B-08).
 
+A dialer configured with a single security protocol does exactly that: the multistream header
+and proposal ride in front of the handshake's first message
+(:class:`~glueberry.net.negotiate.LazyConnection`) and the listener's echo is checked on the
+first read, so selecting the security protocol costs no round trip. With several candidates
+the dialer proposes them one round trip at a time, as go and js do (a refused 0-RTT proposal
+cannot fall back: the listener takes the handshake bytes for a second proposal and drops the
+connection). go, js and rust listeners read multistream messages exactly and leave the
+pipelined handshake bytes to the security layer.
+
 The pipeline is pluggable: ``security`` maps protocol IDs to :class:`SecureUpgrade`
 functions, in preference order (the dialer proposes them in that order, the listener accepts
 any of them); ``muxers`` maps muxer IDs to :class:`MuxerFactory` constructors. The defaults
@@ -51,7 +60,12 @@ from glueberry.errors import (
     NegotiationFailed,
     ResourceLimitExceeded,
 )
-from glueberry.net.negotiate import handle_protocol, select_protocol
+from glueberry.net.negotiate import (
+    LazyConnection,
+    bind_methods,
+    handle_protocol,
+    select_protocol,
+)
 
 if TYPE_CHECKING:
     from glueberry.proto.yamux import YamuxConfig
@@ -158,6 +172,8 @@ class PrefixedConnection:
     def __init__(self, inner: RawConnection, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
+        # The data path then calls the inner connection's methods directly.
+        bind_methods(self, inner, ("write", "drain", "close", "abort", "is_closing"))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -411,16 +427,23 @@ class Upgrader:
         self, raw: RawConnection, initiator: bool, expected_peer: PeerId | None
     ) -> SecureConnection:
         protocols = list(self.security)
-        if initiator:
-            proto, trailing = await select_protocol(raw, protocols, timeout=None)
+        if initiator and len(protocols) == 1:
+            # One candidate: select it 0-RTT, the proposal riding on the handshake's first
+            # message (a refusal could not fall back to anything anyway).
+            proto = protocols[0]
+            secured_raw: RawConnection = cast("RawConnection", LazyConnection(raw, proto))
         else:
-            proto, trailing = await handle_protocol(raw, protocols, timeout=None)
+            if initiator:
+                proto, trailing = await select_protocol(raw, protocols, timeout=None)
+            else:
+                proto, trailing = await handle_protocol(raw, protocols, timeout=None)
+            secured_raw = _prefixed(raw, trailing)
         upgrade = self.security.get(proto)
         if upgrade is None:  # the peer "accepted" something we never proposed
             raise NegotiationFailed(f"peer selected unoffered security protocol {proto!r}")
         logger.debug("security %s selected with %s", proto, raw.remote_address)
         return await upgrade(
-            _prefixed(raw, trailing),
+            secured_raw,
             identity=self.identity,
             is_initiator=initiator,
             expected_peer=expected_peer,

@@ -12,7 +12,12 @@ from glueberry.errors import (
     NegotiationFailed,
     RemoteProtocolError,
 )
-from glueberry.net.negotiate import handle_protocol, select_protocol, select_protocol_lazy
+from glueberry.net.negotiate import (
+    LazyConnection,
+    handle_protocol,
+    select_protocol,
+    select_protocol_lazy,
+)
 from glueberry.net.secure import secure_inbound, secure_outbound
 from glueberry.proto.multistream import MAX_FAILED_PROPOSALS, encode_message
 from glueberry.transport.memory import MemoryConnection, memory_pair
@@ -190,3 +195,57 @@ async def test_full_upgrade_pipeline() -> None:
     assert d == ("/yamux/1.0.0", b"")
     assert lst == ("/yamux/1.0.0", b"muxed data")
     a.abort()
+
+
+# --- LazyConnection: 0-RTT selection of the protocol that runs on a raw connection -----------
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+async def test_lazy_connection_pipelines_and_confirms(trickle: bool) -> None:
+    a, b = memory_pair(trickle=trickle)
+    lazy = LazyConnection(a, "/noise")
+    lazy.write(b"hello")  # the proposal rides in front of the first write
+    proto, trailing = await handle_protocol(b, ["/noise"], timeout=5)
+    assert proto == "/noise"
+    got = trailing
+    while len(got) < 5:
+        got += await asyncio.wait_for(b.read(), 5)
+    assert got == b"hello"
+    b.write(b"world")  # the listener's answer and its first bytes
+    reply = b""
+    while len(reply) < 5:
+        reply += await asyncio.wait_for(lazy.read(), 5)
+    assert reply == b"world"
+    # Confirmed: reads and writes go straight to the inner connection.
+    assert lazy.read == a.read and lazy.write == a.write and lazy.abort == a.abort
+    a.abort()
+
+
+async def test_lazy_connection_reading_first_sends_the_proposal() -> None:
+    a, b = memory_pair()
+    lazy = LazyConnection(a, "/tls/1.0.0")
+    reader = asyncio.ensure_future(lazy.read())
+    proto, _ = await handle_protocol(b, ["/tls/1.0.0"], timeout=5)
+    assert proto == "/tls/1.0.0"
+    b.write(b"server speaks first")
+    assert await asyncio.wait_for(reader, 5) == b"server speaks first"
+    a.abort()
+
+
+async def test_lazy_connection_refused() -> None:
+    a, b = memory_pair()
+    lazy = LazyConnection(a, "/noise")
+    lazy.write(b"\x00\x20" + bytes(32))
+    b.write(HEADER + encode_message("na"))
+    with pytest.raises(NegotiationFailed):
+        await asyncio.wait_for(lazy.read(), 5)
+    a.abort()
+
+
+async def test_lazy_connection_dropped_before_the_answer() -> None:
+    a, b = memory_pair()
+    lazy = LazyConnection(a, "/noise")
+    lazy.write(b"x")
+    b.abort()
+    with pytest.raises(ConnectionLost, match="0-RTT proposal"):
+        await asyncio.wait_for(lazy.read(), 5)

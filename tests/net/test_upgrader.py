@@ -14,6 +14,7 @@ from glueberry.errors import (
     HandshakeTimeout,
     NegotiationFailed,
     PeerIdMismatch,
+    RemoteProtocolError,
     ResourceLimitExceeded,
 )
 from glueberry.net.upgrader import (
@@ -55,6 +56,8 @@ async def _tcp_raw_pair() -> tuple[TcpConnection, TcpConnection]:
 
 @pytest.fixture(params=["memory", "trickle", "tcp"])
 async def raw_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, Any]]:
+    a: Any
+    b: Any
     if request.param == "tcp":
         a, b = await _tcp_raw_pair()
     else:
@@ -180,8 +183,11 @@ async def test_peer_id_mismatch_aborts_both_sides() -> None:
 
 
 async def test_no_common_security_protocol() -> None:
+    """Several candidates are proposed one round trip at a time: all refused -> failure."""
     raw_a, raw_b = memory_pair()
-    up_a = Upgrader(KEY_A, security={"/tls/1.0.0": noise_security()})
+    up_a = Upgrader(
+        KEY_A, security={"/tls/1.0.0": noise_security(), "/secio/1.0.0": noise_security()}
+    )
     up_b = Upgrader(KEY_B)
     task_b = asyncio.ensure_future(up_b.upgrade_inbound(raw_b, on_stream=Inbound()))
     with pytest.raises(NegotiationFailed) as info:
@@ -189,6 +195,44 @@ async def test_no_common_security_protocol() -> None:
     assert info.value.__cause__ is None or isinstance(info.value.__cause__, Exception)
     with pytest.raises(ConnectionLost):
         await asyncio.wait_for(task_b, 5)
+
+
+async def test_single_security_protocol_refused() -> None:
+    """One candidate goes 0-RTT with the handshake's first message; a listener without it
+    answers ``na`` and drops the connection on the handshake bytes: the dial fails, either
+    on the ``na`` or on the dropped connection, whichever the dialer reads first."""
+    raw_a, raw_b = memory_pair()
+    up_a = Upgrader(KEY_A, security={"/tls/1.0.0": noise_security()})
+    up_b = Upgrader(KEY_B)
+    task_b = asyncio.ensure_future(up_b.upgrade_inbound(raw_b, on_stream=Inbound()))
+    with pytest.raises((NegotiationFailed, ConnectionLost)):
+        await up_a.upgrade_outbound(raw_a, expected_peer=None, on_stream=Inbound(), timeout=5)
+    with pytest.raises((ConnectionLost, RemoteProtocolError)):
+        await asyncio.wait_for(task_b, 5)
+
+
+async def test_single_security_protocol_is_selected_without_a_round_trip() -> None:
+    """The header, ``/noise`` and Noise message 1 leave in one write; the handshake works."""
+    raw_a, raw_b = memory_pair()
+    writes: list[bytes] = []
+    inner_write = raw_a.write
+
+    def counting_write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        inner_write(data)
+
+    raw_a.write = counting_write  # type: ignore[method-assign]
+    up_a = Upgrader(KEY_A, security={"/noise": noise_security()})
+    up_b = Upgrader(KEY_B)
+    a, b = await asyncio.gather(
+        up_a.upgrade_outbound(raw_a, expected_peer=KEY_B.peer_id, on_stream=Inbound(), timeout=5),
+        up_b.upgrade_inbound(raw_b, on_stream=Inbound()),
+    )
+    header = encode_message("/multistream/1.0.0") + encode_message("/noise")
+    assert writes[0].startswith(header) and len(writes[0]) == len(header) + 2 + 32
+    assert a.remote_peer == KEY_B.peer_id and b.remote_peer == KEY_A.peer_id
+    await a.close()
+    await b.close()
 
 
 @pytest.mark.parametrize("proto", ["/plaintext/2.0.0", "/secio/1.0.0", "/tls/1.0.0"])
