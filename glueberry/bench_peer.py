@@ -3,9 +3,9 @@
 Workload and output: ``shared/peers/README.md`` (the same as the js-libp2p and py-libp2p
 peers there, so results line up column for column)::
 
-    python3 -m glueberry.bench_peer listen [--port 0] [--transport tcp|quic]
-        prints "READY <multiaddr>", then serves /bench/1.0.0 (and the test protocols,
-        identify, ping) until SIGINT/SIGTERM
+    python3 -m glueberry.bench_peer listen [--port 0] [--transport tcp|quic] [--identify]
+        prints "READY <multiaddr>", then serves /bench/1.0.0 (and the test protocols; with
+        --identify also identify and ping) until SIGINT/SIGTERM
     python3 -m glueberry.bench_peer dial ADDR [--setup-n 20 --msgs 20000 --msg-size 1024
         --bulk-mib 256 --chunk 65536 --rtt-n 2000 --warmup 100]
         runs the workload against ADDR (a /tcp or a /quic-v1 address) and prints one
@@ -14,6 +14,10 @@ peers there, so results line up column for column)::
 Stream modes (first byte): ``E`` echo (setup, RTT), ``M`` n x ``[u32 len][payload]`` then
 ``K`` (message rate), ``B`` u64 total then bytes then ``K`` (bulk), ``R`` the listener's peak
 RSS KiB and CPU seconds. The listener side lives in :mod:`glueberry.net.testprotocols`.
+
+The listener runs no identify or ping service unless asked (``--identify``): the shared
+js-libp2p and py-libp2p bench nodes run neither, and identifying every new connection would
+add a stream and two exchanges to each measured setup.
 
 Measured exactly as the reference dialers do: setup = fresh connection + stream + 1-byte
 round trip (median phases), message rate and bulk timed from the first write to the ``K``,
@@ -43,7 +47,7 @@ from glueberry.wire.identity import PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
-    from glueberry.net.host import Host
+    from glueberry.net.host import Host, HostConfig
     from glueberry.transport.base import Stream
     from glueberry.wire.identity import PeerId
 
@@ -84,6 +88,18 @@ async def _expect_k(s: Stream) -> None:
         raise RuntimeError("listener did not answer K")
 
 
+def _dial_config(addr: Multiaddr) -> HostConfig:
+    """TCP + Noise + yamux, as the shared bench nodes are configured (js: tcp, noise, yamux);
+    the host's defaults for other addresses (QUIC)."""
+    from glueberry.net.host import HostConfig
+    from glueberry.net.upgrader import NOISE, noise_security
+    from glueberry.transport.tcp import TcpTransport
+
+    if addr.transport_kind() != "tcp":
+        return HostConfig()
+    return HostConfig(transports=[TcpTransport()], security={NOISE: noise_security()})
+
+
 async def dial(args: argparse.Namespace) -> dict[str, object]:
     from glueberry.net.host import Host
 
@@ -94,7 +110,7 @@ async def dial(args: argparse.Namespace) -> dict[str, object]:
     addr = target.without_p2p()
     res: dict[str, object] = {"impl": IMPL}
     now = time.perf_counter
-    async with Host(PrivateKey.generate()) as host:
+    async with Host(PrivateKey.generate(), config=_dial_config(addr)) as host:
         # 1. setup: dial + security + muxer (TCP) or QUIC handshake, stream open, 1-byte
         # round trip, fresh each time
         setup: list[float] = []
@@ -206,8 +222,9 @@ async def listen(args: argparse.Namespace) -> None:
         addr = f"/ip4/{args.ip}/tcp/{args.port}"
     config = HostConfig(limits=TEST_LIMITS)
     async with Host(PrivateKey.generate(), listen_addrs=[addr], config=config) as h:
-        IdentifyService(h)
-        PingService(h)
+        if args.identify:
+            IdentifyService(h)
+            PingService(h)
         register_test_protocols(h)
         bound = next(iter(h.addrs), None)
         if bound is None:
@@ -227,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("tcp", "quic"),
         default="tcp",
         help="tcp: TCP + Noise + yamux; quic: /quic-v1 (the dialer follows the address)",
+    )
+    p.add_argument(
+        "--identify",
+        action="store_true",
+        help="also run the identify and ping services (the shared js/py bench nodes do not)",
     )
     p = sub.add_parser("dial")
     p.add_argument("addr")
