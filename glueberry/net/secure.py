@@ -66,8 +66,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Size of the per-thread plaintext buffer of the zero-copy receive path: one socket read
-#: (the TCP transport reads at most 256 KiB) plus a frame left over from the previous one.
-SCRATCH_SIZE: Final = 256 * 1024 + MAX_MESSAGE_LENGTH + 2
+#: (the TCP transport reads at most 128 KiB) plus a frame left over from the previous one;
+#: a larger chunk (another raw transport) is decrypted into fresh memory instead.
+SCRATCH_SIZE: Final = 128 * 1024 + MAX_MESSAGE_LENGTH + 2
 #: Handshake deadline when the caller gives none (go: 15 s accept timeout, rust: 10 s).
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 15.0
 DEFAULT_MUXERS: Final = ("/yamux/1.0.0",)

@@ -239,3 +239,21 @@ def test_yamux_session_copies_what_it_keeps() -> None:
                 if chunk is not None:
                     got += chunk
         assert bytes(got) == data
+
+
+async def test_noise_chunk_larger_than_the_scratch_buffer_gets_fresh_memory() -> None:
+    """Another raw transport may deliver more than one TCP read at once: that chunk is
+    decrypted into fresh memory (bytes), and the data is intact either way."""
+    a, b = memory_pair()
+    c, s = await asyncio.gather(
+        secure_outbound(a, ALICE, BOB.peer_id, (), 5), secure_inbound(b, BOB, (), 5)
+    )
+    rec = Borrower()
+    side = secure_mod._RawSide(s, rec)  # the raw side, fed by hand with chosen chunk sizes
+    small, big = os.urandom(100), os.urandom(2 * secure_mod.SCRATCH_SIZE)
+    side.data_received(c._tx.encrypt(small))
+    side.data_received(c._tx.encrypt(big))
+    assert b"".join(rec.chunks) == small + big
+    assert rec.types == {memoryview, bytes}
+    c.abort()
+    s.abort()
