@@ -59,7 +59,7 @@ node peer.mjs version >/dev/null || die "the js peer does not start (node peer.m
 # --- Rust peer: cargo build when a source file, Cargo.toml/Cargo.lock or the Rust version
 # changed. Crates come from crates.io (pinned by Cargo.lock); the target directory is
 # interop/rust/target (not committed), so a fresh clone builds from cold once.
-command -v cargo >/dev/null 2>&1 || die "cargo not found on PATH (need Rust >= 1.88 to build the rust-libp2p peer)"
+command -v cargo >/dev/null 2>&1 || die "cargo not found on PATH (need Rust >= 1.83 to build the rust-libp2p peer)"
 cd "$here/rust"
 rustv="$(rustc --version)"
 sum="$( { echo "$rustv"; find src -type f -name '*.rs' | LC_ALL=C sort | xargs sha256sum; sha256sum Cargo.toml Cargo.lock; } | sha256sum | cut -d' ' -f1)"

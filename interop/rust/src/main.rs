@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, Notify};
 
 const IMPL: &str = "rust-libp2p";
 /// The libp2p crate version (pinned in Cargo.toml and Cargo.lock).
-const LIBP2P_VERSION: &str = "0.57.1";
-const AGENT: &str = "glueberry-interop-rust/1.0 rust-libp2p/0.57.1";
+const LIBP2P_VERSION: &str = "0.56.0";
+const AGENT: &str = "glueberry-interop-rust/1.0 rust-libp2p/0.56.0";
 const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 /// Ping period of the ping behaviour when dialing.
 const PING_INTERVAL: Duration = Duration::from_millis(200);
