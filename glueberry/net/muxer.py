@@ -91,6 +91,7 @@ class YamuxStream:
         "_chunks",
         "_conn",
         "_head_off",
+        "_on_data",
         "_read_state",
         "_read_waiter",
         "_reset_remote",
@@ -116,6 +117,7 @@ class YamuxStream:
         self._reset_remote = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiters: list[asyncio.Future[None]] = []
+        self._on_data: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} {self.protocol or '-'}>"
@@ -162,6 +164,21 @@ class YamuxStream:
             parts.append(chunk)
             need -= len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def set_data_callback(self, callback: Callable[[], None] | None) -> None:
+        """Push delivery for the stream's reader (``None`` turns it off).
+
+        ``callback()`` runs synchronously on the connection's receive path each time bytes
+        were added to the buffer, and may take them with :meth:`read_nowait` (it must not
+        raise). Bytes it leaves buffered wake a pending :meth:`read` as usual; end of stream
+        and resets are reported by :meth:`read` only. A consumer that can take a batch at
+        once thus gets it without a task being scheduled in between.
+        """
+        self._on_data = callback
+
+    def read_nowait(self) -> bytes:
+        """Everything buffered, or ``b""`` when nothing is (never waits, never raises)."""
+        return self._take(-1) if self._buffered else b""
 
     def __aiter__(self) -> YamuxStream:
         return self
@@ -350,6 +367,10 @@ class YamuxStream:
         if self._read_state == _OPEN:
             self._chunks.append(data)
             self._buffered += len(data)
+            if self._on_data is not None:
+                self._on_data()
+                if not self._buffered:  # taken (or the stream was reset meanwhile)
+                    return
             fut = self._read_waiter
             if fut is not None and not fut.done():
                 fut.set_result(None)

@@ -27,13 +27,17 @@ When the primary ends, the newest stream we can still write to takes over; if no
 the next send opens a new one (as Go does after EOF).
 
 *Reading* (C11). Each stream has one reader: the host's handler task for inbound streams, a
-task in the host's task group for streams we opened. A reader takes everything buffered
-(one ``read()``), decodes and decrypts the whole batch (:meth:`FrameDecoder.receive_encrypted`)
-and hands the batch to a bounded :class:`MessageQueue` in one call. While that queue is full
-the reader waits and reads nothing, so the yamux window is not reopened and the remote sender
-blocks: nothing is dropped, ever. Received plaintexts are limited to ``max_message_size``
-(checked on the length prefix, before buffering; the limit applies to the plaintext, i.e. the
-blob minus 28 bytes, matching what a Go sender enforces).
+task in the host's task group for streams we opened. A reader takes everything buffered (one
+``read()``), decodes and decrypts the whole batch (:meth:`FrameDecoder.receive_encrypted`)
+and hands the batch to a bounded :class:`MessageQueue` in one call. Once it has read once, a
+stream that offers push delivery (yamux ``set_data_callback``) hands new bytes to the reader
+synchronously on the connection's receive path, and while the queue has room the batch is
+queued right there: a waiting consumer runs on the next loop iteration, with no reader task
+scheduled in between. While the queue is full the reader declines, waits and reads nothing,
+so the yamux window is not reopened and the remote sender blocks: nothing is dropped, ever.
+Received plaintexts are limited to ``max_message_size`` (checked on the length prefix,
+before buffering; the limit applies to the plaintext, i.e. the blob minus 28 bytes, matching
+what a Go sender enforces).
 
 *Failures.* A malformed frame (zero length, over the limit, bad or truncated varint, end of
 stream inside a frame) resets that stream: it is counted (``protocol_error("glueberry")``) and
@@ -256,6 +260,20 @@ class MessageQueue:
                 break
         if len(buf) < self._capacity and self._putters:
             self._wake_putter()
+        return True
+
+    def put_nowait(self, items: list[IncomingMessage]) -> bool:
+        """Append a batch at once (the push path checks for room first; like
+        :meth:`put_batch`, the batch may take the queue past its capacity). False if closed."""
+        if self._closed:
+            return False
+        self._buf.extend(items)
+        getters = self._getters
+        while getters:
+            g = getters.popleft()
+            if not g.done():
+                g.set_result(None)
+                break
         return True
 
     def _wake_putter(self) -> None:
@@ -1133,68 +1151,23 @@ class ChannelManager:
         self, peer: PeerId, pc: _PeerChannels, ch: _Channel, rec: _StreamRec
     ) -> None:
         stream = rec.stream
-        name = ch.name
-        encrypted = ch.encrypted
-        cipher = pc.cipher
-        if encrypted:
-            if cipher is None:  # pragma: no cover - _serve checks it
-                stream.reset(_REFUSED)
-                self._drop_stream(ch, rec, reset=False)
-                return
-            decoder: FrameDecoder = FrameDecoder.for_encrypted(self._max)
-        else:
-            decoder = FrameDecoder.for_handshake(self._max)
-        counters = ch.counters
-        wall = self._clock.wall
-        read = stream.read
-        metrics_on = self._metrics_on
-        metrics = self._metrics
-        new = tuple.__new__  # IncomingMessage without its Python-level __new__
-        IM = IncomingMessage
+        if ch.encrypted and pc.cipher is None:  # pragma: no cover - _serve checks it
+            stream.reset(_REFUSED)
+            self._drop_stream(ch, rec, reset=False)
+            return
+        reader = _Reader(self, peer, pc, ch, rec)
         reset = False
         try:
-            while True:
-                data = await read()
-                if not data:
-                    decoder.receive_data(b"")  # raises if the stream ended inside a frame
-                    break
-                failures = 0
-                error: DecryptionFailed | None = None
-                if encrypted:
-                    msgs, failures, error = decoder.receive_encrypted(data, cipher)  # type: ignore[arg-type]
-                else:
-                    msgs = decoder.receive_data(data)
-                if msgs:
-                    now = wall()
-                    count = len(msgs)
-                    nbytes = sum(map(len, msgs))
-                    counters.messages_received += count
-                    counters.bytes_received += nbytes
-                    counters.last_received_at = now
-                    if metrics_on:
-                        metrics.message_received(name, nbytes, count)
-                    queue = self.messages if encrypted else self._route(peer)
-                    if ch.drained is not None and not rec.relayed:
-                        await self._wait_drained(ch)  # order across a move off the relay
-                    await queue.put_batch([new(IM, (peer, name, m, now)) for m in msgs])
-                if failures:
-                    assert error is not None
-                    reset = True
-                    self._decryption_failed(peer, name, failures, error)
-                    return
+            reset = await reader.run()
         except RemoteProtocolError as exc:
             reset = True
-            self.counters["protocol_errors"] += 1
-            if metrics_on:
-                metrics.protocol_error(PROTOCOL)
-            self._log.warning(
-                "bad frame from %s on stream %r: %s; resetting the stream", peer, name, exc
-            )
+            self._protocol_error(peer, ch.name, exc)
         except (StreamReset, StreamClosed, TransportError):
             pass  # reset by the peer, closed by us, or the connection went away
         except LocalProtocolError:  # the cipher was closed under us: the peer was dropped
             reset = True
         finally:
+            reader.stop()
             rec.read_done = True
             self._drop_stream(ch, rec, reset=reset)
         # End of stream: the peer finished with it (Go abandons a stream after EOF).
@@ -1203,8 +1176,16 @@ class ChannelManager:
         else:
             with contextlib.suppress(StreamError, TransportError):
                 await stream.close()
-        if metrics_on:
-            metrics.stream_closed(name)
+        if self._metrics_on:
+            self._metrics.stream_closed(ch.name)
+
+    def _protocol_error(self, peer: PeerId, name: str, exc: RemoteProtocolError) -> None:
+        self.counters["protocol_errors"] += 1
+        if self._metrics_on:
+            self._metrics.protocol_error(PROTOCOL)
+        self._log.warning(
+            "bad frame from %s on stream %r: %s; resetting the stream", peer, name, exc
+        )
 
     def _decryption_failed(
         self, peer: PeerId, name: str, failures: int, error: DecryptionFailed
@@ -1232,6 +1213,177 @@ class ChannelManager:
                 self._log.exception("on_decryption_error callback failed")
         if self._policy == "disconnect" and self._on_peer_error is not None:
             self._on_peer_error(peer, error)
+
+
+_new = tuple.__new__  # IncomingMessage without its Python-level __new__
+_NO_MESSAGES: Final[list[IncomingMessage]] = []  # shared, never mutated
+
+
+class _Reader:
+    """The receive side of one stream: decode, decrypt, count and queue what arrives.
+
+    Two ways in, one state. The reader task (:meth:`run`) reads with ``await stream.read()``.
+    A stream that offers push delivery (yamux: ``set_data_callback`` / ``read_nowait``) also
+    calls :meth:`on_data` synchronously from the connection's receive path once the task has
+    read from it once (so bytes a negotiation read ahead come first). While the destination
+    queue has room, :meth:`on_data` takes the bytes there and then, and a waiting consumer
+    gets the batch without the reader task being scheduled in between. What it declines (the
+    queue is full, a relayed predecessor still drains, the task is busy with a batch) stays
+    buffered in the stream and wakes the task, which waits for room; the yamux window stays
+    closed meanwhile (C11). :meth:`on_data` never raises: a bad frame or a failed decryption
+    resets the stream there, and the task then sees the reset.
+    """
+
+    __slots__ = (
+        "busy",
+        "ch",
+        "cipher",
+        "counters",
+        "decoder",
+        "encrypted",
+        "mgr",
+        "name",
+        "peer",
+        "pushing",
+        "rec",
+        "stream",
+        "take",
+        "wall",
+    )
+
+    def __init__(
+        self, mgr: ChannelManager, peer: PeerId, pc: _PeerChannels, ch: _Channel, rec: _StreamRec
+    ) -> None:
+        self.mgr = mgr
+        self.peer = peer
+        self.ch = ch
+        self.rec = rec
+        self.stream = rec.stream
+        self.name = ch.name
+        self.encrypted = ch.encrypted
+        self.cipher = pc.cipher
+        self.decoder = (
+            FrameDecoder.for_encrypted(mgr._max)
+            if ch.encrypted
+            else FrameDecoder.for_handshake(mgr._max)
+        )
+        self.counters = ch.counters
+        self.wall = mgr._clock.wall
+        #: The task is handling a batch (the push path keeps out).
+        self.busy = False
+        #: Push delivery was requested from the stream (whether or not it offers it).
+        self.pushing = False
+        self.take: Callable[[], bytes] | None = None
+
+    def _queue(self) -> MessageQueue:
+        return self.mgr.messages if self.encrypted else self.mgr._route(self.peer)
+
+    def _decode(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[list[IncomingMessage], int, DecryptionFailed | None]:
+        """Decode (and decrypt) one read and count it.
+
+        Raises:
+            RemoteProtocolError: a malformed frame.
+        """
+        if self.encrypted:
+            msgs, failures, error = self.decoder.receive_encrypted(data, self.cipher)  # type: ignore[arg-type]
+        else:
+            msgs = self.decoder.receive_data(data)
+            failures, error = 0, None
+        if not msgs:
+            return _NO_MESSAGES, failures, error
+        now = self.wall()
+        count = len(msgs)
+        nbytes = sum(map(len, msgs))
+        c = self.counters
+        c.messages_received += count
+        c.bytes_received += nbytes
+        c.last_received_at = now
+        mgr = self.mgr
+        if mgr._metrics_on:
+            mgr._metrics.message_received(self.name, nbytes, count)
+        peer, name, im = self.peer, self.name, IncomingMessage
+        return [_new(im, (peer, name, m, now)) for m in msgs], failures, error
+
+    async def run(self) -> bool:
+        """The reader task: until end of stream. Returns whether to reset the stream.
+
+        Raises:
+            RemoteProtocolError: a malformed frame, or end of stream inside a frame.
+        """
+        read = self.stream.read
+        mgr, ch, rec = self.mgr, self.ch, self.rec
+        while True:
+            data = await read()
+            if not data:
+                self.decoder.receive_data(b"")  # raises if the stream ended inside a frame
+                return False
+            self.busy = True
+            try:
+                items, failures, error = self._decode(data)
+                if items:
+                    if ch.drained is not None and not rec.relayed:
+                        await mgr._wait_drained(ch)  # order across a move off the relay
+                    await self._queue().put_batch(items)
+            finally:
+                self.busy = False
+            if failures:
+                assert error is not None
+                mgr._decryption_failed(self.peer, self.name, failures, error)
+                return True
+            if not self.pushing:
+                self._start_push()
+
+    def _start_push(self) -> None:
+        self.pushing = True
+        stream = self.stream
+        setter = getattr(stream, "set_data_callback", None)
+        take = getattr(stream, "read_nowait", None)
+        if setter is not None and take is not None:
+            self.take = take
+            setter(self.on_data)
+
+    def stop(self) -> None:
+        """No more push delivery (the reader is ending)."""
+        if self.take is not None:
+            self.take = None
+            with contextlib.suppress(Exception):
+                self.stream.set_data_callback(None)  # type: ignore[attr-defined]
+
+    def on_data(self) -> None:
+        """Push delivery: the stream has new bytes (called from its receive path)."""
+        take = self.take
+        if self.busy or take is None:
+            return
+        mgr = self.mgr
+        queue = mgr.messages if self.encrypted else mgr._route(self.peer)
+        if len(queue._buf) >= queue._capacity or queue._closed:
+            return  # the task waits for room
+        if self.ch.drained is not None and not self.rec.relayed:
+            return  # the task waits for the relayed streams to end
+        try:
+            data = take()
+            if not data:
+                return
+            items, failures, error = self._decode(data)
+        except RemoteProtocolError as exc:
+            mgr._protocol_error(self.peer, self.name, exc)
+            self._abort()
+            return
+        except Exception:  # a closed cipher or decoder: the peer is being dropped
+            self._abort()
+            return
+        if items:
+            queue.put_nowait(items)
+        if failures:
+            assert error is not None
+            mgr._decryption_failed(self.peer, self.name, failures, error)
+            self._abort()
+
+    def _abort(self) -> None:
+        self.stop()
+        self.mgr._drop_stream(self.ch, self.rec, reset=True)  # the task sees the reset
 
 
 async def _close_write(stream: Stream) -> None:

@@ -178,8 +178,10 @@ async def test_plaintext_limit_on_encrypted_streams() -> None:
         assert node.input_errors["protocol_errors"] == 1
 
 
+@pytest.mark.parametrize("warm", [False, True])
 @pytest.mark.parametrize("policy", ["reset_stream", "disconnect"])
-async def test_bad_ciphertext_is_counted_reported_and_handled(policy: str) -> None:
+async def test_bad_ciphertext_is_counted_reported_and_handled(policy: str, warm: bool) -> None:
+    """``warm``: a message read earlier, so the bad batch arrives on the push path."""
     reported: list[tuple[glueberry.PeerId, BaseException]] = []
     async with (
         running_nodes(
@@ -195,6 +197,9 @@ async def test_bad_ciphertext_is_counted_reported_and_handled(policy: str) -> No
         await stream_handshake(node, peer)
         await node.prepare_streams(peer.peer_id, peer.identity.public_key.data, ["messages"])
         stream = await open_to(peer, node, MSG)
+        if warm:
+            await stream.write(encode_encrypted_frame(good, b"warm"))
+            assert (await get(node)).data == b"warm"
         tampered = bytearray(encode_encrypted_frame(good, b"tampered"))
         tampered[-1] ^= 1
         await stream.write(
@@ -335,6 +340,28 @@ async def test_handshake_stream_half_closed_after_finalize() -> None:
 
 
 # --- the message queue ---------------------------------------------------------------------------
+
+
+async def test_order_and_backpressure_through_a_small_queue() -> None:
+    """Batches taken on the receive path and batches the reader task waits to queue keep
+    their order; nothing is dropped."""
+    async with running_nodes(2, message_buffer_size=4) as (a, b):
+        await establish_pair(a, b)
+        n = 3000
+
+        async def flood() -> None:
+            for i in range(n):
+                await a.send(b.peer_id, "messages", i.to_bytes(4, "big") + bytes(1020))
+
+        task = asyncio.create_task(flood())
+        queue = b.messages()
+        for i in range(n):
+            m = await asyncio.wait_for(queue.get(), 10)
+            assert int.from_bytes(m.data[:4], "big") == i
+            if i % 97 == 0:
+                await asyncio.sleep(0.005)  # a slow consumer now and then
+        await task
+        assert len(queue) == 0
 
 
 async def test_message_queue_batches_backpressure_and_close() -> None:

@@ -292,6 +292,8 @@ async def test_rehandshake_from_established_and_inbound_during_reconnect() -> No
         b.add_peer(a.peer_id, a.addrs)
         async with glueberry.handshake.auto(a, ["m"]):
             await glueberry.handshake.establish(b, a.peer_id, ["m"], timeout=10)
+            # b is done once a's Complete arrived; a finishes on b's Complete, maybe later.
+            await wait_for(lambda: a.connection_state(b.peer_id) is S.ESTABLISHED)
         assert states([await next_event(ea) for _ in range(2)]) == [S.CONNECTED, S.ESTABLISHED]
         assert not a._manager.is_reconnecting(b.peer_id)  # type: ignore[union-attr]
         assert not a.is_outbound(b.peer_id)

@@ -1,0 +1,83 @@
+"""YamuxStream push delivery (``set_data_callback`` / ``read_nowait``).
+
+The callback runs on the receive path as bytes arrive; what it takes never wakes ``read()``,
+what it leaves does; end of stream and resets still come through ``read()``; taking data
+re-opens the window like ``read()`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from glueberry.errors import StreamReset
+from glueberry.proto.yamux import YamuxConfig
+from glueberry.proto.yamux_frames import INITIAL_STREAM_WINDOW
+from tests.conformance.pairs import yamux_harness
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_callback_takes_bytes_as_they_arrive() -> None:
+    async with yamux_harness() as h:
+        local, remote = await h.open()
+        got: list[bytes] = []
+        remote.set_data_callback(lambda: got.append(remote.read_nowait()))
+        for i in range(3):
+            await local.write(bytes([i]) * 100)
+            await asyncio.sleep(0.01)
+        assert b"".join(got) == b"".join(bytes([i]) * 100 for i in range(3))
+        assert remote.read_nowait() == b""  # nothing left
+        # A reader parked in read() is not woken for bytes the callback took.
+        reader = asyncio.create_task(remote.read())
+        await asyncio.sleep(0.01)
+        await local.write(b"more")
+        await asyncio.sleep(0.01)
+        assert got[-1] == b"more"
+        assert not reader.done()
+        # End of stream still reaches read().
+        await local.close_write()
+        assert await asyncio.wait_for(reader, 5) == b""
+
+
+async def test_bytes_left_by_the_callback_go_to_read() -> None:
+    async with yamux_harness() as h:
+        local, remote = await h.open()
+        calls = 0
+
+        def decline() -> None:
+            nonlocal calls
+            calls += 1
+
+        remote.set_data_callback(decline)
+        reader = asyncio.create_task(remote.read())
+        await asyncio.sleep(0.01)
+        await local.write(b"declined")
+        assert await asyncio.wait_for(reader, 5) == b"declined"
+        assert calls == 1
+        remote.set_data_callback(None)  # off: plain reads again
+        await local.write(b"plain")
+        assert await asyncio.wait_for(remote.read(), 5) == b"plain"
+        assert calls == 1
+
+
+async def test_taking_reopens_the_window_and_resets_reach_read() -> None:
+    async with yamux_harness(YamuxConfig(window_growth="off")) as h:
+        local, remote = await h.open()
+        taken = 0
+
+        def take() -> None:
+            nonlocal taken
+            taken += len(remote.read_nowait())
+
+        remote.set_data_callback(take)
+        # Four windows' worth: only possible if what the callback takes is credited back.
+        await asyncio.wait_for(local.write(bytes(4 * INITIAL_STREAM_WINDOW)), 10)
+        await asyncio.sleep(0.01)
+        assert taken == 4 * INITIAL_STREAM_WINDOW
+        reader = asyncio.create_task(remote.read())
+        await asyncio.sleep(0.01)
+        local.reset()
+        with pytest.raises(StreamReset):
+            await asyncio.wait_for(reader, 5)
