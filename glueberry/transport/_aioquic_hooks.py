@@ -2,7 +2,7 @@
 
 aioquic (https://github.com/aiortc/aioquic) is a sans-I/O QUIC stack; :mod:`.quic` drives
 its public API (``receive_datagram``, ``datagrams_to_send``, ``next_event``, ``get_timer``,
-``send_stream_data``, ...). libp2p needs six things that public API does not offer. Each is
+``send_stream_data``, ...). libp2p needs seven things that public API does not offer. Each is
 done here and nowhere else, and each has one guard test in
 ``tests/transport/test_quic_hooks.py``, so an aioquic release that moves the internals fails
 those tests loudly instead of silently weakening security or flow control:
@@ -60,6 +60,14 @@ H6 ``ack-with-data``
     about to send application data, so the ACK rides on that packet (as quic-go and
     most stacks do); bulk receivers, which send no data, keep the delayed ACKs.
 
+H7 ``key-share-groups``
+    aioquic's TLS client offers a key share for every group it supports (P-256, P-384,
+    X25519, X448): four key generations per dial, about 0.8 ms of CPU here, three of
+    them wasted. The client offers X25519 and P-256 only (``tls.Context._supported_groups``,
+    set in :meth:`GlueberryQuicConnection._initialize` before the ClientHello is
+    built); go-libp2p, rust-libp2p and aioquic servers all pick one of them. Servers
+    keep accepting every group aioquic supports.
+
 Configuration fields that aioquic marks "for internal purposes" (``certificate``,
 ``private_key``, ``verify_mode``) are set in :func:`make_configuration`; they are covered
 by the guard tests too.
@@ -93,7 +101,10 @@ HOOKS: Final = (
     "stream-state",
     "datagram-size",
     "ack-with-data",
+    "key-share-groups",
 )
+#: Key shares a client offers (H7), in preference order.
+CLIENT_KEY_SHARE_GROUPS: Final = (tls.Group.X25519, tls.Group.SECP256R1)
 #: aioquic writes STREAM frame and long-header lengths as 2-byte varints: a datagram
 #: larger than this could carry a frame whose length does not fit (a corrupt packet).
 MAX_DATAGRAM_SIZE: Final = 16383
@@ -170,7 +181,7 @@ def make_configuration(
 
 
 class GlueberryQuicConnection(QuicConnection):
-    """An aioquic ``QuicConnection`` with hooks H1, H3-H6 (see the module docstring).
+    """An aioquic ``QuicConnection`` with hooks H1, H3-H7 (see the module docstring).
 
     Args:
         configuration: from :func:`make_configuration`.
@@ -202,14 +213,15 @@ class GlueberryQuicConnection(QuicConnection):
             (self._local_max_streams_uni, max_incoming_uni_streams),
         ):
             limit.value = limit.sent = value
-        #: The peer's ``max_udp_payload_size`` (H5; RFC 9000's default until it is known).
-        self.peer_max_udp_payload_size = 65527
+        self._gb_peer_params = b""  # the peer's transport parameters (H5), parsed on demand
 
     # --- H1 ---------------------------------------------------------------------------------
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         if not self.configuration.is_client and self._gb_request_cert:
             self.tls._request_client_certificate = True
+        if self.configuration.is_client:  # H7
+            self.tls._supported_groups = list(CLIENT_KEY_SHARE_GROUPS)
 
     # --- H3 ---------------------------------------------------------------------------------
     def consume(self, stream_id: int, n: int) -> bool:
@@ -282,11 +294,16 @@ class GlueberryQuicConnection(QuicConnection):
     # --- H5 ---------------------------------------------------------------------------------
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
         super()._parse_transport_parameters(data, from_session_ticket)
-        # aioquic validated them (a malformed list closed the connection above); read the
-        # one it drops.
-        params = pull_quic_transport_parameters(Buffer(data=data))
-        if params.max_udp_payload_size is not None:
-            self.peer_max_udp_payload_size = params.max_udp_payload_size
+        self._gb_peer_params = data  # valid: a malformed list raised above
+
+    @property
+    def peer_max_udp_payload_size(self) -> int:
+        """The peer's ``max_udp_payload_size`` (RFC 9000's default while unknown)."""
+        if self._gb_peer_params:
+            params = pull_quic_transport_parameters(Buffer(data=self._gb_peer_params))
+            if params.max_udp_payload_size is not None:
+                return int(params.max_udp_payload_size)
+        return 65527
 
     @property
     def max_datagram_size(self) -> int:
@@ -349,6 +366,7 @@ def peer_certificates(conn: QuicConnection) -> list[x509.Certificate]:
 
 
 __all__ = [
+    "CLIENT_KEY_SHARE_GROUPS",
     "HOOKS",
     "MAX_DATAGRAM_SIZE",
     "VERIFIED_AIOQUIC",

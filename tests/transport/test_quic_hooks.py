@@ -281,6 +281,21 @@ def test_hook_ack_with_data() -> None:
     assert client._loss.bytes_in_flight == 0
 
 
+def test_hook_key_share_groups() -> None:
+    pair = Pair()
+    pair.pump()
+    assert pair.server is not None and pair.handshake_done("client")
+    client_tls, server_tls = pair.client.tls, pair.server.tls
+    assert client_tls._supported_groups == list(hooks.CLIENT_KEY_SHARE_GROUPS)
+    # Two key shares made (X25519, P-256), not four; the server took the first.
+    assert client_tls._x25519_private_key is not None
+    assert client_tls._x448_private_key is None
+    assert len(client_tls._ec_private_keys) == 1
+    assert server_tls._x25519_private_key is not None
+    # Servers still accept every group aioquic knows.
+    assert tls.Group.X448 in server_tls._supported_groups
+
+
 def test_configuration_fields_exist() -> None:
     names = {f.name for f in dataclasses.fields(QuicConfiguration)}
     assert {"certificate", "private_key", "verify_mode", "server_name"} <= names
