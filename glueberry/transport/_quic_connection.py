@@ -16,7 +16,6 @@ import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from aioquic.quic import events as qe
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from glueberry.errors import (
     ConnectionLost,
@@ -354,8 +353,7 @@ class QuicConnection:
             )
             return
         try:
-            der = [c.public_bytes(Encoding.DER) for c in certs]
-            key = tlscert.verify_certificate_chain(der, time.time())
+            key = self._endpoint._transport.verify_peer_certificate(certs, time.time())
         except RemoteProtocolError as exc:
             self._fail(
                 SecurityError(f"QUIC peer certificate refused: {exc}"),

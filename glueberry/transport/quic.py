@@ -59,9 +59,12 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from glueberry.errors import ConfigError, ConnectError, HandshakeTimeout
 from glueberry.transport import _aioquic_hooks as hooks
@@ -78,13 +81,18 @@ from glueberry.transport._quic_endpoint import (
 )
 from glueberry.transport._quic_stream import PROTOCOL, QuicStream, StreamCallback
 from glueberry.wire import tlscert
-from glueberry.wire.identity import PeerId, PrivateKey
+from glueberry.wire.identity import PeerId, PrivateKey, PublicKey
 from glueberry.wire.multiaddr import Multiaddr, MultiaddrError
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from glueberry.wire.tlscert import CertKeyType
 
 logger = logging.getLogger(__name__)
+
+#: Peer certificates whose verification :class:`QuicTransport` remembers.
+VERIFIED_CERTIFICATES: Final = 256
 
 _FAMILIES: Final = {
     "ip4": socket.AF_INET,
@@ -227,6 +235,9 @@ class QuicTransport:
         self._dialers: dict[int, QuicEndpoint] = {}
         self._endpoints: set[QuicEndpoint] = set()
         self._external: list[Multiaddr] = []
+        # DER of peer certificates that passed verification -> (identity key, valid from,
+        # valid until); see verify_peer_certificate.
+        self._verified: OrderedDict[bytes, tuple[PublicKey, float, float]] = OrderedDict()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -259,6 +270,34 @@ class QuicTransport:
             if a.transport_kind() == PROTOCOL and a.ip is not None and a not in out:
                 out.append(a)
         self._external = out
+
+    def verify_peer_certificate(self, certs: Sequence[x509.Certificate], now: float) -> PublicKey:
+        """The identity key the peer's certificates authenticate (libp2p TLS spec).
+
+        A certificate whose exact DER passed verification before is not checked again,
+        only its validity window against ``now``: a reconnecting peer (one certificate
+        per transport, as go-libp2p and this transport do) costs no signature checks,
+        about 0.5 ms of CPU here. The cache holds :data:`VERIFIED_CERTIFICATES` entries.
+
+        Raises:
+            RemoteProtocolError: the certificates are refused.
+        """
+        der = [c.public_bytes(Encoding.DER) for c in certs]
+        if len(der) == 1:
+            hit = self._verified.get(der[0])
+            if hit is not None and hit[1] <= now <= hit[2]:
+                self._verified.move_to_end(der[0])
+                return hit[0]
+        key = tlscert.verify_certificate_chain(der, now)
+        cert = certs[0]
+        self._verified[der[0]] = (
+            key,
+            cert.not_valid_before_utc.timestamp(),
+            cert.not_valid_after_utc.timestamp(),
+        )
+        if len(self._verified) > VERIFIED_CERTIFICATES:
+            self._verified.popitem(last=False)
+        return key
 
     def _configuration(self, *, is_client: bool) -> Any:
         cfg = self._config
@@ -460,6 +499,7 @@ __all__ = [
     "PROTOCOL",
     "RECV_BATCH",
     "SECURITY",
+    "VERIFIED_CERTIFICATES",
     "AcceptFilter",
     "ConnectionCallback",
     "QuicConfig",

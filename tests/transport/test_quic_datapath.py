@@ -1,8 +1,8 @@
-"""QUIC data path over loopback: datagram sizes, fallbacks, packet economy.
+"""QUIC costs over loopback: datagram sizes, fallbacks, packet economy, set-up work.
 
 The transport's own work per packet is small next to aioquic's, so these tests pin down how
-many packets, datagrams and wake-ups the driver asks aioquic for, and that every shortcut
-keeps the bytes intact.
+many packets, datagrams and checks the driver asks for, and that every shortcut keeps the
+bytes intact and the peers authenticated.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,9 @@ import pytest
 
 from glueberry.errors import ConfigError
 from glueberry.transport import _aioquic_hooks as hooks
+from glueberry.transport import quic
 from glueberry.transport.quic import QuicConfig, QuicConnection, QuicStream, QuicTransport
+from glueberry.wire import tlscert
 from glueberry.wire.identity import PrivateKey
 
 SERVER_KEY = PrivateKey.from_seed(b"\x41" * 32)
@@ -209,3 +212,48 @@ async def test_replies_carry_the_acks(echo: Echo, client: QuicTransport) -> None
     # before the reply now and then (aioquic alone: about 1.6 per side).
     assert max(per_round) < 1.3, per_round
     await stream.close()
+
+
+async def test_a_reconnecting_peer_is_not_verified_again(
+    echo: Echo, client: QuicTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    verify = tlscert.verify_certificate_chain
+
+    def counting(chain: Any, now: float) -> Any:
+        calls.append(len(chain))
+        return verify(chain, now)
+
+    monkeypatch.setattr(tlscert, "verify_certificate_chain", counting)
+    addr = await echo.start()
+    first = await client.dial(addr, SERVER_KEY.peer_id)
+    assert await round_trip(first, b"one") == b"one"
+    assert len(calls) == 2  # each side checked the other's certificate once
+    await first.close()
+    second = await client.dial(addr, SERVER_KEY.peer_id)
+    assert await round_trip(second, b"two") == b"two"
+    assert len(calls) == 2  # same certificates (same DER): nothing checked again
+    assert echo.connections[-1].remote_peer == CLIENT_KEY.peer_id
+    # Outside its validity window a remembered certificate is checked in full again.
+    der, (key, _, until) = next(iter(client._verified.items()))
+    client._verified[der] = (key, until + 1, until + 2)
+    third = await client.dial(addr, SERVER_KEY.peer_id)
+    assert len(calls) == 3
+    await third.close()
+
+
+async def test_the_verified_certificate_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(quic, "VERIFIED_CERTIFICATES", 2)
+    transport = QuicTransport(CLIENT_KEY)
+    now = time.time()
+    certs = [
+        tlscert.generate_certificate(PrivateKey.from_seed(bytes([i]) * 32), now).certificate
+        for i in (1, 2, 3)
+    ]
+    for i, cert in enumerate(certs, start=1):
+        key = transport.verify_peer_certificate([cert], now)
+        assert key == PrivateKey.from_seed(bytes([i]) * 32).public_key
+    assert len(transport._verified) == 2
+    transport.close()
