@@ -41,7 +41,9 @@ const AGENT: &str = "glueberry-interop-rust/1.0 rust-libp2p/0.56.0";
 const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 /// Ping period of the ping behaviour when dialing.
 const PING_INTERVAL: Duration = Duration::from_millis(200);
-const ALL_TESTS: &[&str] = &["connect", "identify", "ping", "echo", "source", "sink", "close"];
+const ALL_TESTS: &[&str] = &[
+    "connect", "identify", "ping", "echo", "source", "sink", "close",
+];
 
 const USAGE: &str = "usage: peer listen [--transport tcp|quic] [--listen MA] [--events] [--seed HEX64] [--lazy]
        peer dial MULTIADDR [connect identify ping echo source sink transfer close all] [--timeout S]
@@ -108,9 +110,13 @@ fn parse_args() -> Opts {
     let mut positional = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().unwrap_or_else(|| usage_error(&format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage_error(&format!("{name} needs a value")))
+        };
         fn num<T: std::str::FromStr>(name: &str, v: String) -> T {
-            v.parse().unwrap_or_else(|_| usage_error(&format!("{name}: not a number: {v}")))
+            v.parse()
+                .unwrap_or_else(|_| usage_error(&format!("{name}: not a number: {v}")))
         }
         match a.as_str() {
             "--transport" => o.transport = value("--transport"),
@@ -134,7 +140,10 @@ fn parse_args() -> Opts {
     let mut pos = positional.into_iter();
     o.mode = pos.next().unwrap_or_else(|| usage_error("no command"));
     if o.mode == "dial" {
-        o.target = Some(pos.next().unwrap_or_else(|| usage_error("dial needs a MULTIADDR")));
+        o.target = Some(
+            pos.next()
+                .unwrap_or_else(|| usage_error("dial needs a MULTIADDR")),
+        );
     }
     o.tests = pos.collect();
     if o.transport != "tcp" && o.transport != "quic" {
@@ -165,7 +174,11 @@ impl Shared {
     }
 
     /// Waits until `f` gives a value, or `deadline`.
-    async fn wait_for<T>(&self, deadline: Instant, mut f: impl FnMut(&State) -> Option<T>) -> Option<T> {
+    async fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut f: impl FnMut(&State) -> Option<T>,
+    ) -> Option<T> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -173,7 +186,10 @@ impl Shared {
             if let Some(v) = f(&self.state.lock().unwrap()) {
                 return Some(v);
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
                 return f(&self.state.lock().unwrap());
             }
         }
@@ -198,7 +214,11 @@ fn transport_of(addr: &Multiaddr) -> &'static str {
 fn connection_info(peer: PeerId, endpoint: &ConnectedPoint) -> Value {
     let remote = endpoint.get_remote_address();
     let transport = transport_of(remote);
-    let (security, muxer) = if transport == "quic-v1" { ("/tls/1.0.0", "quic-v1") } else { ("/noise", "/yamux/1.0.0") };
+    let (security, muxer) = if transport == "quic-v1" {
+        ("/tls/1.0.0", "quic-v1")
+    } else {
+        ("/noise", "/yamux/1.0.0")
+    };
     json!({
         "security": security,
         "muxer": muxer,
@@ -237,7 +257,13 @@ enum Cmd {
 }
 
 /// Drives the swarm: records events in `shared`, prints READY (listen) and event lines.
-async fn run_swarm(mut swarm: Swarm<Node>, shared: Arc<Shared>, mut cmds: mpsc::UnboundedReceiver<Cmd>, print_ready: bool, events: bool) {
+async fn run_swarm(
+    mut swarm: Swarm<Node>,
+    shared: Arc<Shared>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    print_ready: bool,
+    events: bool,
+) {
     let local = *swarm.local_peer_id();
     let mut ready = !print_ready;
     loop {
@@ -312,7 +338,10 @@ async fn run_swarm(mut swarm: Swarm<Node>, shared: Arc<Shared>, mut cmds: mpsc::
 }
 
 /// Serves every inbound test stream in its own task.
-async fn serve_incoming(mut incoming: futures::channel::mpsc::UnboundedReceiver<streams::Incoming>, events: bool) {
+async fn serve_incoming(
+    mut incoming: futures::channel::mpsc::UnboundedReceiver<streams::Incoming>,
+    events: bool,
+) {
     while let Some(inc) = incoming.next().await {
         tokio::spawn(async move {
             let start = Instant::now();
@@ -346,7 +375,13 @@ fn fail(e: impl ToString) -> Value {
 }
 
 /// One dial test; `Value` is its JSON object (with "ok").
-async fn run_test(name: &str, o: &Opts, peer: PeerId, shared: &Shared, control: &streams::Control) -> Value {
+async fn run_test(
+    name: &str,
+    o: &Opts,
+    peer: PeerId,
+    shared: &Shared,
+    control: &streams::Control,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(o.timeout);
     let limit = Duration::from_secs(o.timeout);
     match name {
@@ -381,11 +416,18 @@ async fn run_test(name: &str, o: &Opts, peer: PeerId, shared: &Shared, control: 
                     if let Some(Err(e)) = v.iter().find(|r| r.is_err()) {
                         return Some(Err(e.clone()));
                     }
-                    (v.len() >= o.pings).then(|| Ok(v[..o.pings].iter().map(|r| r.clone().unwrap_or_default()).collect::<Vec<_>>()))
+                    (v.len() >= o.pings).then(|| {
+                        Ok(v[..o.pings]
+                            .iter()
+                            .map(|r| r.clone().unwrap_or_default())
+                            .collect::<Vec<_>>())
+                    })
                 })
                 .await;
             match got {
-                Some(Ok(rtts)) => json!({"ok": true, "rtts_us": rtts.iter().map(|d| d.as_micros() as u64).collect::<Vec<_>>()}),
+                Some(Ok(rtts)) => {
+                    json!({"ok": true, "rtts_us": rtts.iter().map(|d| d.as_micros() as u64).collect::<Vec<_>>()})
+                }
                 Some(Err(e)) => fail(format!("ping failed: {e}")),
                 None => fail(format!("fewer than {} pings within the timeout", o.pings)),
             }
@@ -401,7 +443,9 @@ async fn run_test(name: &str, o: &Opts, peer: PeerId, shared: &Shared, control: 
                 Err(_) => fail("echo timed out"),
                 Ok(results) => match results.into_iter().find_map(Result::err) {
                     Some(e) => fail(e),
-                    None => json!({"ok": true, "streams": o.echo_streams, "bytes_per_stream": o.echo_bytes, "ms": ms(start.elapsed())}),
+                    None => {
+                        json!({"ok": true, "streams": o.echo_streams, "bytes_per_stream": o.echo_bytes, "ms": ms(start.elapsed())})
+                    }
                 },
             }
         }
@@ -418,12 +462,18 @@ async fn run_test(name: &str, o: &Opts, peer: PeerId, shared: &Shared, control: 
             .await;
             let t = start.elapsed();
             match r {
-                Ok(Ok(())) => json!({"ok": true, "bytes": n, "ms": ms(t), "MBps": (n as f64 / 1e6 / t.as_secs_f64() * 10.0).round() / 10.0}),
+                Ok(Ok(())) => {
+                    json!({"ok": true, "bytes": n, "ms": ms(t), "MBps": (n as f64 / 1e6 / t.as_secs_f64() * 10.0).round() / 10.0})
+                }
                 Ok(Err(e)) => fail(e),
                 Err(_) => fail(format!("{name} timed out")),
             }
         }
-        "close" => match tokio::time::timeout(limit, async { protocols::close(control.open(peer, protocols::CLOSE).await?).await }).await {
+        "close" => match tokio::time::timeout(limit, async {
+            protocols::close(control.open(peer, protocols::CLOSE).await?).await
+        })
+        .await
+        {
             Ok(Ok(got)) => json!({"ok": true, "received": got}),
             Ok(Err(e)) => fail(e),
             Err(_) => fail("close timed out"),
@@ -432,21 +482,35 @@ async fn run_test(name: &str, o: &Opts, peer: PeerId, shared: &Shared, control: 
     }
 }
 
-async fn dial(o: Opts, shared: Arc<Shared>, control: streams::Control, cmds: mpsc::UnboundedSender<Cmd>, local: PeerId) -> i32 {
+async fn dial(
+    o: Opts,
+    shared: Arc<Shared>,
+    control: streams::Control,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    local: PeerId,
+) -> i32 {
     let target = o.target.clone().expect("dial has a target");
-    let addr: Multiaddr = target.parse().unwrap_or_else(|e| usage_error(&format!("bad multiaddr {target}: {e}")));
+    let addr: Multiaddr = target
+        .parse()
+        .unwrap_or_else(|e| usage_error(&format!("bad multiaddr {target}: {e}")));
     let peer = match addr.iter().last() {
         Some(Protocol::P2p(p)) => p,
         _ => usage_error("the multiaddr must end in /p2p/<peer id>"),
     };
     let mut names: Vec<String> = Vec::new();
-    let requested = if o.tests.is_empty() { vec!["all".to_string()] } else { o.tests.clone() };
+    let requested = if o.tests.is_empty() {
+        vec!["all".to_string()]
+    } else {
+        o.tests.clone()
+    };
     for t in &requested {
         let expand: Vec<&str> = match t.as_str() {
             "all" => ALL_TESTS.to_vec(),
             "transfer" => vec!["source", "sink"],
             x if ALL_TESTS.contains(&x) => vec![x],
-            x => usage_error(&format!("unknown or unsupported test {x} (rust peer: {ALL_TESTS:?}, transfer, all)")),
+            x => usage_error(&format!(
+                "unknown or unsupported test {x} (rust peer: {ALL_TESTS:?}, transfer, all)"
+            )),
         };
         for n in expand {
             if n != "connect" && !names.iter().any(|m| m == n) {
@@ -460,7 +524,12 @@ async fn dial(o: Opts, shared: Arc<Shared>, control: streams::Control, cmds: mps
     let _ = cmds.send(Cmd::Dial(addr.clone(), peer));
     let deadline = start + Duration::from_secs(o.timeout);
     let got = shared
-        .wait_for(deadline, |s| s.conns.get(&peer).map(|v| Ok(v.clone())).or_else(|| s.dial_errors.get(&peer).map(|e| Err(e.clone()))))
+        .wait_for(deadline, |s| {
+            s.conns
+                .get(&peer)
+                .map(|v| Ok(v.clone()))
+                .or_else(|| s.dial_errors.get(&peer).map(|e| Err(e.clone())))
+        })
         .await;
     let connected = matches!(got, Some(Ok(_)));
     tests.insert(
@@ -476,7 +545,11 @@ async fn dial(o: Opts, shared: Arc<Shared>, control: streams::Control, cmds: mps
         },
     );
     for name in &names {
-        let v = if connected { run_test(name, &o, peer, &shared, &control).await } else { fail("not connected") };
+        let v = if connected {
+            run_test(name, &o, peer, &shared, &control).await
+        } else {
+            fail("not connected")
+        };
         tests.insert(name.clone(), v);
     }
     let ok = tests.values().all(|v| v["ok"] == json!(true));
@@ -517,7 +590,8 @@ async fn shutdown_signal() {
             }
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
@@ -542,16 +616,25 @@ async fn main() {
     let (behaviour, control, incoming) = streams::Behaviour::new(protocols::served());
     // Listening: rust-libp2p's default (a ping at once, then every 15 s); dialing: often
     // enough for the ping test to collect its round trips quickly.
-    let ping_config = if o.mode == "dial" { ping::Config::new().with_interval(PING_INTERVAL) } else { ping::Config::new() };
+    let ping_config = if o.mode == "dial" {
+        ping::Config::new().with_interval(PING_INTERVAL)
+    } else {
+        ping::Config::new()
+    };
     let version = if o.lazy { Version::V1Lazy } else { Version::V1 };
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .unwrap_or_else(|e| usage_error(&format!("tcp transport: {e}")))
         .with_quic()
         .with_behaviour(|key| Node {
             identify: identify::Behaviour::new(
-                identify::Config::new_with_signed_peer_record(PROTOCOL_VERSION.into(), key).with_agent_version(AGENT.into()),
+                identify::Config::new_with_signed_peer_record(PROTOCOL_VERSION.into(), key)
+                    .with_agent_version(AGENT.into()),
             ),
             ping: ping::Behaviour::new(ping_config),
             streams: behaviour,
@@ -565,21 +648,36 @@ async fn main() {
         .build();
     let mut swarm = swarm;
     let local = *swarm.local_peer_id();
-    let shared = Arc::new(Shared { state: Mutex::new(State::default()), notify: Notify::new() });
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        notify: Notify::new(),
+    });
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
 
     let listening = o.mode == "listen";
     if listening {
-        let default = if o.transport == "quic" { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
+        let default = if o.transport == "quic" {
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+        } else {
+            "/ip4/127.0.0.1/tcp/0"
+        };
         let ma = o.listen.clone().unwrap_or_else(|| default.into());
-        let ma: Multiaddr = ma.parse().unwrap_or_else(|e| usage_error(&format!("bad --listen {ma}: {e}")));
+        let ma: Multiaddr = ma
+            .parse()
+            .unwrap_or_else(|e| usage_error(&format!("bad --listen {ma}: {e}")));
         if let Err(e) = swarm.listen_on(ma.clone()) {
             eprintln!("peer: cannot listen on {ma}: {e}");
             std::process::exit(2);
         }
     }
     tokio::spawn(serve_incoming(incoming, o.events && listening));
-    tokio::spawn(run_swarm(swarm, shared.clone(), cmd_rx, listening, o.events && listening));
+    tokio::spawn(run_swarm(
+        swarm,
+        shared.clone(),
+        cmd_rx,
+        listening,
+        o.events && listening,
+    ));
 
     let code = if listening {
         shutdown_signal().await;

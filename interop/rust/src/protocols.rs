@@ -60,7 +60,11 @@ async fn idle<T>(fut: impl std::future::Future<Output = std::io::Result<T>>) -> 
     }
 }
 
-async fn write_pattern<W: futures::AsyncWrite + Unpin>(w: &mut W, total: u64, chunk: usize) -> Result<(), String> {
+async fn write_pattern<W: futures::AsyncWrite + Unpin>(
+    w: &mut W,
+    total: u64,
+    chunk: usize,
+) -> Result<(), String> {
     let mut off = 0u64;
     while off < total {
         let n = ((total - off) as usize).min(chunk);

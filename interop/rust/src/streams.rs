@@ -24,7 +24,9 @@ use futures::StreamExt as _;
 use libp2p::{
     core::{transport::PortUse, Endpoint, InboundUpgrade, OutboundUpgrade, UpgradeInfo},
     swarm::{
-        handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound},
+        handler::{
+            ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+        },
         ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
         NetworkBehaviour, NotifyHandler, SubstreamProtocol, THandler, THandlerInEvent,
         THandlerOutEvent, ToSwarm,
@@ -66,7 +68,11 @@ impl Control {
     pub async fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Stream, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .unbounded_send(OpenRequest { peer, protocol, reply })
+            .unbounded_send(OpenRequest {
+                peer,
+                protocol,
+                reply,
+            })
             .map_err(|_| "swarm is gone".to_string())?;
         rx.await.map_err(|_| "stream request dropped".to_string())?
     }
@@ -132,7 +138,10 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
-                self.connected.entry(e.peer_id).or_default().insert(e.connection_id);
+                self.connected
+                    .entry(e.peer_id)
+                    .or_default()
+                    .insert(e.connection_id);
             }
             FromSwarm::ConnectionClosed(e) => {
                 if let Some(set) = self.connected.get_mut(&e.peer_id) {
@@ -155,7 +164,10 @@ impl NetworkBehaviour for Behaviour {
         match event {}
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         while let Poll::Ready(Some(req)) = self.requests.poll_next_unpin(cx) {
             if let Some(conns) = self.connected.get(&req.peer) {
                 // The most recent connection: after a reconnect, the old one may be closing.
@@ -166,7 +178,9 @@ impl NetworkBehaviour for Behaviour {
                     event: req,
                 });
             }
-            let _ = req.reply.send(Err(format!("not connected to {}", req.peer)));
+            let _ = req
+                .reply
+                .send(Err(format!("not connected to {}", req.peer)));
         }
         Poll::Pending
     }
@@ -226,7 +240,11 @@ impl ConnectionHandler for Handler {
                 protocol: (stream, protocol),
                 ..
             }) => {
-                let _ = self.incoming.unbounded_send(Incoming { peer: self.peer, protocol, stream });
+                let _ = self.incoming.unbounded_send(Incoming {
+                    peer: self.peer,
+                    protocol,
+                    stream,
+                });
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: (stream, _),
