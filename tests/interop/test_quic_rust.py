@@ -107,7 +107,7 @@ def rust(
     """The fixtures' factories, with ``"rust"`` naming ``interop/rust/target/release/peer``."""
     if not os.access(RUST_PEER, os.X_OK):
         pytest.fail(f"interop peer {RUST_PEER} is missing: run interop/build.sh (needs cargo)")
-    fixtures = ListenerFactory.__call__.__globals__  # the conftest module the factories use
+    fixtures = type(peer_listener).__call__.__globals__  # the module the factories come from
     other = fixtures["peer_binary"]
 
     def peer_binary(name: str) -> list[str]:
