@@ -317,6 +317,19 @@ class YamuxStream:
             remote=self._reset_remote,
         )
 
+    def flush(self) -> None:
+        """Send what is queued on the connection now, not at the end of the loop iteration.
+
+        For a latency-sensitive writer (e.g. the first message of a burst): the queued frames
+        go to the secured connection at once, and it is asked to write them at once too (if
+        it has ``flush()``). Later writes of the iteration are coalesced as usual.
+        """
+        conn = self._conn
+        conn._flush()
+        flush = getattr(conn._secure, "flush", None)
+        if flush is not None:
+            flush()
+
     async def close_write(self) -> None:
         """Half-close: send FIN. Reading continues until the peer closes.
 

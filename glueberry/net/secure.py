@@ -179,6 +179,14 @@ class NoiseConnection:
     def _flush(self) -> None:
         """The once-per-batch callback: seal the tail (less than one frame) and write it."""
         self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Seal and write the queued tail now, not at the end of the loop iteration.
+
+        For a latency-sensitive writer (e.g. the first message of a burst, through
+        ``YamuxStream.flush``); later writes of the iteration are coalesced as usual.
+        """
         buf = self._wbuf
         if not buf:
             return

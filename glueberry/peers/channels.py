@@ -401,6 +401,7 @@ class _StreamRec:
     __slots__ = (
         "budget",
         "close_after_write",
+        "flush",
         "local",
         "read_done",
         "relayed",
@@ -412,6 +413,8 @@ class _StreamRec:
 
     def __init__(self, stream: Stream, local: bool, budget: RelayBudgetLike | None = None) -> None:
         self.stream = stream
+        #: Writes what the connection queued to the socket now (yamux ``flush``), if offered.
+        self.flush: Callable[[], None] | None = getattr(stream, "flush", None)
         #: We opened it.
         self.local = local
         #: It runs over a relayed connection.
@@ -786,14 +789,17 @@ class ChannelManager:
         elif not ch.burst:  # first message of this loop iteration: out at once
             ch.burst = True
             self._loop.call_soon(self._end_burst, peer, ch)
-            await self._flush(peer, ch)
+            await self._flush(peer, ch, True)
         elif len(buf) >= COALESCE_BYTES:
             await self._flush(peer, ch)
         # else: more messages of this iteration; flushed at its end (_end_burst)
 
-    async def _flush(self, peer: PeerId, ch: _Channel) -> None:
+    async def _flush(self, peer: PeerId, ch: _Channel, now: bool = False) -> None:
         """Write the channel's pending frames (and whatever is added meanwhile) to its
-        primary stream. Only one flush runs per channel (``ch.writing``)."""
+        primary stream. Only one flush runs per channel (``ch.writing``).
+
+        ``now``: the first message or the tail of a burst: the connection writes it to the
+        socket at once (``stream.flush()``) instead of at the end of the loop iteration."""
         ch.writing = True
         try:
             while ch.pending:
@@ -810,6 +816,8 @@ class ChannelManager:
                 rec.writing = True
                 try:
                     await rec.stream.write(data)
+                    if now and rec.flush is not None:
+                        rec.flush()
                 except asyncio.CancelledError:
                     # A frame may be half written: this stream's framing cannot be trusted.
                     self._drop_stream(ch, rec, reset=True)
@@ -846,7 +854,7 @@ class ChannelManager:
         if ch.writing:
             return  # a writer took over; it flushes everything
         try:
-            await self._flush(peer, ch)
+            await self._flush(peer, ch, True)
         except (GlueberryError, OSError) as exc:
             self.counters["send_failures"] += 1
             self._log.warning("sending to %s on stream %r failed: %s", peer, ch.name, exc)

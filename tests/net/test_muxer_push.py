@@ -1,4 +1,4 @@
-"""YamuxStream push delivery (``set_data_callback`` / ``read_nowait``).
+"""YamuxStream push delivery (``set_data_callback`` / ``read_nowait``) and ``flush``.
 
 The callback runs on the receive path as bytes arrive; what it takes never wakes ``read()``,
 what it leaves does; end of stream and resets still come through ``read()``; taking data
@@ -12,9 +12,12 @@ import asyncio
 import pytest
 
 from glueberry.errors import StreamReset
+from glueberry.net.secure import secure_inbound, secure_outbound
 from glueberry.proto.yamux import YamuxConfig
 from glueberry.proto.yamux_frames import INITIAL_STREAM_WINDOW
+from glueberry.transport.memory import memory_pair
 from tests.conformance.pairs import yamux_harness
+from tests.net.test_secure import ALICE, BOB, CountingRaw, close_both, read_exactly
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,3 +84,40 @@ async def test_taking_reopens_the_window_and_resets_reach_read() -> None:
         local.reset()
         with pytest.raises(StreamReset):
             await asyncio.wait_for(reader, 5)
+
+
+async def test_flush_writes_before_the_end_of_the_iteration() -> None:
+    async with yamux_harness() as h:
+        local, remote = await h.open()
+        await asyncio.sleep(0.01)
+        before = h.secure[0].write_calls
+        await local.write(b"now")
+        assert h.secure[0].write_calls == before  # coalesced until the end of the iteration
+        local.flush()
+        assert h.secure[0].write_calls == before + 1  # handed to the secured connection now
+        await local.write(b"later")
+        assert h.secure[0].write_calls == before + 1  # later writes are coalesced again
+        assert await remote.readexactly(8) == b"nowlater"
+
+
+async def test_noise_flush_seals_the_tail_at_once() -> None:
+    a, b = memory_pair()
+    counted = CountingRaw(a)
+    c, s = await asyncio.gather(
+        secure_outbound(counted, ALICE, BOB.peer_id, (), 5),  # type: ignore[arg-type]
+        secure_inbound(b, BOB, (), 5),
+    )
+    counted.writes.clear()
+    c.write(b"first")
+    assert counted.writes == []  # queued for the end of the iteration ...
+    c.flush()
+    assert counted.writes == [5 + 18]  # ... or sealed and written now
+    c.write(b"second")
+    c.write(b"third")
+    assert counted.writes == [5 + 18]  # later writes are coalesced again
+    await asyncio.sleep(0)
+    assert counted.writes == [5 + 18, 11 + 18]
+    c.flush()  # nothing queued: nothing written
+    assert counted.writes == [5 + 18, 11 + 18]
+    assert await read_exactly(s, 16) == b"firstsecondthird"
+    await close_both(c, s)
