@@ -53,7 +53,9 @@ def _run(chunks: list[bytes]) -> tuple[list[object], bool]:
             s.receive_data(chunk, 1.0)
             for ev in s.events():
                 events.append(ev)
-                if isinstance(ev, StreamOpened):
+                # A driver stops acting on events once the session has ended (a GoAway can
+                # end it in the same read that opened a stream).
+                if isinstance(ev, StreamOpened) and not s.is_terminated:
                     s.accept_stream(ev.stream_id)
             for sid in (1, 2, 4, 6):
                 assert 0 <= s.send_window(sid) <= MAX_U32
@@ -65,7 +67,7 @@ def _run(chunks: list[bytes]) -> tuple[list[object], bool]:
     events.extend(s.events())
     # Consuming only at the end keeps both feeds equivalent (credit re-opens on consume).
     for ev in events:
-        if isinstance(ev, DataReceived):
+        if isinstance(ev, DataReceived) and not s.is_terminated:
             s.consume(ev.stream_id, len(ev.data))
     return _merge(events), failed
 
