@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -186,15 +186,12 @@ def prepare_floor(peers: Path) -> Impl:
 def prepare_glueberry(cmd: str) -> Impl:
     argv = shlex.split(cmd)
     if "-m" in argv:  # the peers run with cwd=ROOT, so look the module up from there too
+        # Look for the file, never import it: importing the package would grow this process,
+        # and on Linux a child's ru_maxrss starts at its parent's RSS at fork, so every peer
+        # would report at least this runner's size (see below).
         module = argv[argv.index("-m") + 1]
-        sys.path.insert(0, str(ROOT))
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ImportError:
-            found = False
-        finally:
-            sys.path.remove(str(ROOT))
-        if not found:
+        base = ROOT.joinpath(*module.split("."))
+        if not (base.with_suffix(".py").is_file() or (base / "__main__.py").is_file()):
             raise Unavailable(f"module {module} does not exist yet")
     # Installed packages (the stdlib, cryptography, py-libp2p in its venv) come with their
     # bytecode compiled by pip; this source tree does not, and PYTHONDONTWRITEBYTECODE (set
@@ -326,6 +323,11 @@ def ratio_cell(raw: dict[str, list[dict[str, Any]]], num: str, den: str, metric:
     return fmt(med(list(rs)), 2) if rs else "—"
 
 
+def runner_rss_mb() -> float:
+    """This process's peak RSS: a floor under every peer's ``ru_maxrss``."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -385,6 +387,8 @@ def write_report(
         f"- Rounds: {a.rounds} (interleaved; each cell is the median over rounds, min–max in "
         "brackets)",
         f"- Workload: `/bench/1.0.0` of `shared/peers/README.md`; dialer flags `{flags}`",
+        f"- Runner peak RSS: {runner_rss_mb():.0f} MB (on Linux a child's peak RSS starts at its "
+        "parent's RSS at fork, so the runner stays below the peers and imports none of them)",
         "",
         "| implementation | runs | setup ms | 1 KiB msgs/s | bulk MB/s | RTT median / p99 µs "
         "| RSS MB listener / dialer | CPU µs/msg (both ends) |",
