@@ -251,7 +251,8 @@ class DecryptedBatch(NamedTuple):
     error: DecryptionFailed | None
 
 
-_NO_FRAMES: Final[list[int]] = []
+_NO_FRAMES: Final[list[int]] = []  # shared, never mutated
+_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
 class FrameDecoder:
@@ -548,6 +549,16 @@ class FrameDecoder:
         if not data:
             self.receive_data(b"")
             return DecryptedBatch([], 0, None)
+        if not (self._chunks or self._failed or self._closed):
+            # Nothing pending (the usual case): scan and decrypt the read in place.
+            offsets: list[int] = []
+            pos = self._scan(data, 0, offsets)
+            if pos < len(data):
+                self._keep(data, pos)
+            if not offsets:
+                return DecryptedBatch([], 0, None)
+            with memoryview(data) as view:
+                return _new_tuple(DecryptedBatch, cipher.open_frames(view, offsets))
         found = self._frames(data)
         if found is None:
             return DecryptedBatch([], 0, None)

@@ -389,6 +389,21 @@ async def test_message_queue_batches_backpressure_and_close() -> None:
     assert not await q.put_batch(mk[:1])
 
 
+@pytest.mark.parametrize("how", ["get", "anext"])
+async def test_a_consumer_cancelled_after_its_wakeup_passes_the_batch_on(how: str) -> None:
+    q = MessageQueue(8)
+    pid = key(0).peer_id
+    first = asyncio.create_task(q.get() if how == "get" else anext(aiter(q)))
+    second = asyncio.create_task(q.get() if how == "get" else anext(aiter(q)))
+    await asyncio.sleep(0.01)
+    assert q.put_nowait([glueberry.IncomingMessage(pid, "s", b"x", 0.0)])
+    first.cancel()  # woken for the batch, cancelled before it could take it
+    assert (await asyncio.wait_for(second, 5)).data == b"x"
+    assert first.cancelled()
+    q.close()
+    assert not q.put_nowait([])
+
+
 async def _take(q: MessageQueue, n: int) -> AsyncIterator[glueberry.IncomingMessage]:
     for _ in range(n):
         yield await q.get()
