@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -235,6 +236,52 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
+#: Seconds a dialer may take to exit after printing its result line.
+EXIT_GRACE = 10.0
+
+
+def run_dialer(argv: list[str], impl: Impl, timeout: float) -> tuple[str | None, int, str]:
+    """Run a dialer; returns (its JSON result line or None, exit code, stderr tail).
+
+    The result counts once the dialer has printed it: a dialer that then hangs on its way out
+    (go-libp2p v0.51's host.Close can block in the event bus) is stopped after
+    :data:`EXIT_GRACE` seconds instead of failing the run at the overall timeout.
+    """
+    with tempfile.TemporaryFile(mode="w+") as derr:
+        dp = subprocess.Popen(
+            argv,
+            cwd=impl.cwd,
+            env=impl.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=derr,
+            text=True,
+        )
+        watchdog = threading.Timer(timeout, dp.kill)
+        watchdog.start()
+        result: str | None = None
+        try:
+            assert dp.stdout is not None
+            for line in dp.stdout:
+                if line.startswith("{"):
+                    result = line
+                    break
+            try:
+                rc = dp.wait(EXIT_GRACE if result is not None else None)
+            except subprocess.TimeoutExpired:
+                log(f"  {impl.name}: dialer printed its result but did not exit; stopping it")
+                stop(dp)
+                rc = 0
+        finally:
+            watchdog.cancel()
+            if dp.poll() is None:
+                stop(dp)
+            if dp.stdout is not None:
+                dp.stdout.close()
+        derr.seek(0)
+        return result, rc, derr.read()[-2000:]
+
+
 def one_run(impl: Impl, extra: list[str], timeout: float) -> dict[str, Any]:
     with tempfile.TemporaryFile(mode="w+") as lerr:
         lp = subprocess.Popen(
@@ -253,24 +300,13 @@ def one_run(impl: Impl, extra: list[str], timeout: float) -> dict[str, Any]:
                 lerr.seek(0)
                 raise RuntimeError(f"listener printed {line!r}\n{lerr.read()[-2000:]}")
             addr = line.split()[1]
-            out = subprocess.run(
-                [*impl.dialer, addr, *extra],
-                check=False,
-                cwd=impl.cwd,
-                env=impl.env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
-            lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-            if out.returncode != 0 or not lines:
+            out, rc, err = run_dialer([*impl.dialer, addr, *extra], impl, timeout)
+            if rc != 0 or out is None:
                 lerr.seek(0)
                 raise RuntimeError(
-                    f"dialer rc={out.returncode}\n{out.stderr[-2000:]}\n"
-                    f"--- listener stderr:\n{lerr.read()[-2000:]}"
+                    f"dialer rc={rc}\n{err}\n--- listener stderr:\n{lerr.read()[-2000:]}"
                 )
-            result: dict[str, Any] = json.loads(lines[-1])
+            result: dict[str, Any] = json.loads(out)
             return result
         finally:
             stop(lp)
