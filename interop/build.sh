@@ -59,6 +59,8 @@ node peer.mjs version >/dev/null || die "the js peer does not start (node peer.m
 # --- Rust peer: cargo build when a source file, Cargo.toml/Cargo.lock or the Rust version
 # changed. Crates come from crates.io (pinned by Cargo.lock); the target directory is
 # interop/rust/target (not committed), so a fresh clone builds from cold once.
+# rustup installs into ~/.cargo/bin, which a non-login shell may lack on its PATH
+command -v cargo >/dev/null 2>&1 || [ ! -x "$HOME/.cargo/bin/cargo" ] || export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null 2>&1 || die "cargo not found on PATH (need Rust >= 1.83 to build the rust-libp2p peer)"
 cd "$here/rust"
 rustv="$(rustc --version)"
