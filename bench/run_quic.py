@@ -39,6 +39,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,9 @@ from run import (
     one_run,
     prepare_floor,
     prepare_glueberry,
+    run_dialer,
     shared_copy,
+    stop,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -137,6 +140,67 @@ def prepare(name: str, gb_cmd: str, shared: Path) -> Impl:
             gb.env,
         )
     raise Unavailable(f"unknown implementation {name}")
+
+
+# ------------------------------------------------------------------ set-up over a delayed path
+
+#: Dialer flags of the emulated-RTT set-up runs.
+RTT_ARGS = "--setup-n 10 --msgs 0 --bulk-mib 0 --rtt-n 0"
+#: The pairs measured over the delay proxy: (key, proxy kind).
+RTT_PAIRS = (("glueberry-quic", "udp"), ("glueberry-tcp", "tcp"))
+
+
+def proxied_run(
+    impl: Impl, kind: str, delay_ms: float, extra: list[str], timeout: float
+) -> dict[str, Any]:
+    """One listener/dialer pair with ``bench/delay_proxy.py`` in between (the dialer is
+    given the proxy's port; our dialer dials exactly the address it is given)."""
+    with tempfile.TemporaryFile(mode="w+") as lerr:
+        lp = subprocess.Popen(
+            impl.listener,
+            cwd=impl.cwd,
+            env=impl.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=lerr,
+            text=True,
+        )
+        px: subprocess.Popen[str] | None = None
+        try:
+            assert lp.stdout is not None
+            line = lp.stdout.readline()
+            if not line.startswith("READY "):
+                lerr.seek(0)
+                raise RuntimeError(f"listener printed {line!r}\n{lerr.read()[-2000:]}")
+            parts = line.split()[1].split("/")  # ['', 'ip4', HOST, 'tcp'|'udp', PORT, ...]
+            px = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "delay_proxy.py"),
+                    kind,
+                    f"{parts[2]}:{parts[4]}",
+                    "--delay-ms",
+                    str(delay_ms),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert px.stdout is not None
+            ready = px.stdout.readline()
+            if not ready.startswith("READY "):
+                raise RuntimeError(f"delay proxy printed {ready!r}")
+            parts[4] = ready.split()[1]
+            out, rc, err = run_dialer([*impl.dialer, "/".join(parts), *extra], impl, timeout)
+            if rc != 0 or out is None:
+                lerr.seek(0)
+                raise RuntimeError(f"dialer rc={rc}\n{err}\n--- listener:\n{lerr.read()[-2000:]}")
+            result: dict[str, Any] = json.loads(out)
+            return result
+        finally:
+            if px is not None:
+                stop(px)
+            stop(lp)
 
 
 # ------------------------------------------------------------------ the aioquic ceiling
@@ -229,6 +293,20 @@ def ceiling(datagram_size: int, mib: int) -> dict[str, float]:
         "us_per_packet_client": t_client / packets * 1e6,
         "us_per_packet_server": t_server / packets * 1e6,
     }
+
+
+def datagram_sizes() -> list[int]:
+    """QuicConfig's datagram sizes (to a peer, on loopback), read in a child process: the
+    runner never imports glueberry, since on Linux a child's peak RSS starts at its
+    parent's and every peer would report at least the runner's size."""
+    code = (
+        "from glueberry.transport.quic import QuicConfig as C; c = C(); "
+        "print(c.max_datagram_size, c.loopback_datagram_size)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    return sorted({int(x) for x in out.stdout.split()})
 
 
 def run_ceiling(size: int, mib: int, timeout: float) -> dict[str, Any]:
@@ -381,6 +459,29 @@ def render(
             f"{fmt(med([c['one_core_MBps'] for c in cs]), 1, False)} one core | "
             f"{fmt(med([c['cpu_s_per_GB'] for c in cs]), 1, False)} | | | |"
         )
+    rtt_rows = [(k, f"{k}@rtt") for k, _ in RTT_PAIRS if raw.get(f"{k}@rtt")]
+    if rtt_rows:
+        lines += [
+            "",
+            f"Set-up over an emulated {a.rtt_ms:g} ms RTT (`bench/delay_proxy.py`, "
+            f"{a.rtt_ms / 2:g} ms each way; dialer flags `{RTT_ARGS}`; the proxy cannot "
+            "delay TCP's SYN/SYN-ACK, so TCP's own handshake round trip is not in these "
+            "figures):",
+            "",
+            "| implementation | runs | setup ms | connect ms | stream open ms | 1-byte echo ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, name in rtt_rows:
+            runs = raw[name]
+            phases = [
+                med([float(r["setup_phases_ms"][j]) for r in runs if r.get("setup_phases_ms")])
+                for j in range(3)
+            ]
+            lines.append(
+                f"| {impls[key].name} | {len(runs)} | {fmt(med([_setup(r) for r in runs]), 1)} | "
+                + " | ".join(fmt(ph, 1, False) for ph in phases)
+                + " |"
+            )
     lines += [
         "",
         "setup = new connection + stream + 1-byte round trip (median of the dialer's runs); "
@@ -409,6 +510,17 @@ def render(
         ratio(raw, "glueberry-quic", "glueberry-tcp", "connect_ms"),
         lambda x: x <= 0.5,
     )
+    if rtt_rows:
+        row(
+            f"the same over {a.rtt_ms:g} ms RTT, setup ≤ 0.5",
+            ratio(raw, "glueberry-quic@rtt", "glueberry-tcp@rtt", "setup_ms"),
+            lambda x: x <= 0.5,
+        )
+        row(
+            f"the same over {a.rtt_ms:g} ms RTT, connect ≤ 0.5",
+            ratio(raw, "glueberry-quic@rtt", "glueberry-tcp@rtt", "connect_ms"),
+            lambda x: x <= 0.5,
+        )
     row(
         "Glueberry QUIC bulk ÷ go QUIC bulk ≥ 0.5",
         ratio(raw, "glueberry-quic", "go-quic", "bulk_MBps"),
@@ -486,8 +598,15 @@ def main() -> int:
     )
     ap.add_argument("--shared-peers", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--timeout", type=float, default=600, help="seconds per dialer run")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per dialer run")
+    ap.add_argument("--retries", type=int, default=1, help="re-runs of a failed pair per round")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the in-memory aioquic runs")
+    ap.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=20.0,
+        help="emulated RTT of the extra set-up runs through bench/delay_proxy.py (0: none)",
+    )
     ap.add_argument("--ceiling", type=int, metavar="SIZE", help="one ceiling run, JSON out")
     ap.add_argument("--mib", type=int, default=16, help="MiB per ceiling run")
     a = ap.parse_args()
@@ -515,9 +634,7 @@ def main() -> int:
     if not impls:
         log("nothing to run")
         return 1
-    from glueberry.transport.quic import QuicConfig
-
-    sizes = sorted({QuicConfig().max_datagram_size, QuicConfig().loopback_datagram_size})
+    sizes = datagram_sizes()
     mib = 4 if a.quick else a.mib
 
     started = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -529,16 +646,35 @@ def main() -> int:
     for r in range(a.rounds):
         order = keys[r % len(keys) :] + keys[: r % len(keys)]
         for k in order:
-            t0 = time.monotonic()
-            try:
-                res = one_run(impls[k], extra, a.timeout)
+            for attempt in range(1 + a.retries):
+                t0 = time.monotonic()
+                try:
+                    res = one_run(impls[k], extra, a.timeout)
+                except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+                    errors[k].append(f"round {r + 1}, attempt {attempt + 1}: {e}")
+                    log(f"round {r + 1}/{a.rounds} {impls[k].name:32s} FAILED: {str(e)[:400]}")
+                    continue
                 res["round"] = r
                 raw[k].append(res)
                 took = time.monotonic() - t0
                 log(f"round {r + 1}/{a.rounds} {impls[k].name:32s} ok   {took:6.1f} s")
-            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
-                errors[k].append(f"round {r + 1}: {e}")
-                log(f"round {r + 1}/{a.rounds} {impls[k].name:32s} FAILED: {str(e)[:400]}")
+                break
+        if a.rtt_ms > 0:
+            for key, kind in RTT_PAIRS:
+                if key not in impls:
+                    continue
+                name = f"{key}@rtt"
+                try:
+                    res = proxied_run(
+                        impls[key], kind, a.rtt_ms / 2, shlex.split(RTT_ARGS), a.timeout
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+                    errors.setdefault(name, []).append(f"round {r + 1}: {e}")
+                    log(f"round {r + 1}/{a.rounds} {name} FAILED: {str(e)[:400]}")
+                    continue
+                res["round"] = r
+                raw.setdefault(name, []).append(res)
+                log(f"round {r + 1}/{a.rounds} {impls[key].name} over {a.rtt_ms:g} ms RTT ok")
         if not a.no_ceiling:
             for size in sizes:
                 try:
