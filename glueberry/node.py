@@ -784,7 +784,9 @@ class Node:
             raise self._state_error()
         if peer_id.__class__ is not PeerId:
             peer_id = _pid(peer_id)
-        await channels.send(peer_id, stream_name, data)
+        pending = channels.submit(peer_id, stream_name, data)  # no coroutine when coalesced
+        if pending is not None:
+            await pending
 
     def messages(self) -> MessageQueue:
         """Received messages, across peers and streams: ``async for msg in node.messages()``.

@@ -750,6 +750,23 @@ class ChannelManager:
             StreamReset / StreamClosed: the stream failed during the write.
             NegotiationFailed: the peer refused the stream's protocol.
         """
+        pending = self.submit(peer, name, data)
+        if pending is not None:
+            await pending
+
+    def submit(
+        self, peer: PeerId, name: str, data: bytes | bytearray | memoryview
+    ) -> Coroutine[Any, Any, None] | None:
+        """:meth:`send` without its coroutine: check, frame, seal and queue ``data`` now.
+
+        Returns ``None`` when nothing remains to wait for (a later message of a loop
+        iteration, coalesced), else a coroutine the caller must await at once: opening the
+        stream first, writing the first message of a burst, or waiting for a suspended
+        write. ``Node.send`` uses this so that a coalesced message costs no coroutine here.
+
+        Raises:
+            as :meth:`send`, for what is known before any I/O.
+        """
         n = len(data)
         if n > self._max:
             raise MessageTooLarge(
@@ -763,7 +780,7 @@ class ChannelManager:
             self._last_peer, self._last_pc = peer, pc
         ch = pc.channels.get(name) if pc is not None else None
         if ch is None or pc is None or ch.primary is None:
-            pc, ch = await self._ensure_open(peer, name)
+            return self._open_then_send(peer, name, data)
         budget = ch.primary.budget if ch.primary is not None else None
         buf = ch.pending
         if ch.encrypted:
@@ -794,18 +811,28 @@ class ChannelManager:
         if self._metrics_on:
             self._metrics.message_sent(name, n)
         if ch.writing:  # a write is suspended (back-pressure): wait for our batch
-            await self._wait_flushed(ch)
-        elif self._no_backpressure:  # never wait: a task flushes at the end of the iteration
+            return self._wait_flushed(ch)
+        if self._no_backpressure:  # never wait: a task flushes at the end of the iteration
             if not ch.burst:
                 ch.burst = True
                 self._loop.call_soon(self._end_burst, peer, ch)
-        elif not ch.burst:  # first message of this loop iteration: out at once
+            return None
+        if not ch.burst:  # first message of this loop iteration: out at once
             ch.burst = True
             self._loop.call_soon(self._end_burst, peer, ch)
-            await self._flush(peer, ch, True)
-        elif len(buf) >= COALESCE_BYTES:
-            await self._flush(peer, ch)
-        # else: more messages of this iteration; flushed at its end (_end_burst)
+            return self._flush(peer, ch, True)
+        if len(buf) >= COALESCE_BYTES:
+            return self._flush(peer, ch)
+        return None  # more messages of this iteration; flushed at its end (_end_burst)
+
+    async def _open_then_send(
+        self, peer: PeerId, name: str, data: bytes | bytearray | memoryview
+    ) -> None:
+        """The first send on a channel (or after its stream ended): open, then send."""
+        await self._ensure_open(peer, name)
+        pending = self.submit(peer, name, data)
+        if pending is not None:
+            await pending
 
     async def _flush(self, peer: PeerId, ch: _Channel, now: bool = False) -> None:
         """Write the channel's pending frames (and whatever is added meanwhile) to its
