@@ -278,6 +278,30 @@ class YamuxStream:
         if conn._since_drain >= DRAIN_INTERVAL:
             await conn._drain()
 
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Send all of ``data`` and write it to the socket now, if nothing has to wait.
+
+        The synchronous fast path of :meth:`write` followed by :meth:`flush`, for a
+        latency-sensitive writer: when the send window takes all of ``data`` and the
+        connection needs no drain, the frame goes to the secured connection and out at once
+        (no end-of-iteration flush is scheduled) and True is returned. Otherwise nothing is
+        done and False is returned: use :meth:`write`.
+
+        Raises:
+            StreamClosed: this side was closed (``close_write`` / ``close``).
+            StreamReset: the stream was reset.
+        """
+        if self._write_state:  # not _OPEN
+            raise self._write_error()
+        conn = self._conn
+        session = conn._session
+        n = len(data) if type(data) is not memoryview else data.nbytes
+        if conn._since_drain >= DRAIN_INTERVAL or session.send_window(self.stream_id) < n:
+            return False
+        session.send_data(self.stream_id, data)
+        conn._flush_now()
+        return True
+
     async def _write_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
         """The part of a write beyond the send window: wait for credit, send, repeat."""
         conn = self._conn
@@ -320,15 +344,11 @@ class YamuxStream:
     def flush(self) -> None:
         """Send what is queued on the connection now, not at the end of the loop iteration.
 
-        For a latency-sensitive writer (e.g. the first message of a burst): the queued frames
-        go to the secured connection at once, and it is asked to write them at once too (if
-        it has ``flush()``). Later writes of the iteration are coalesced as usual.
+        For a latency-sensitive writer (e.g. the tail of a burst): the queued frames go to the
+        secured connection at once, and it writes them at once too (if it has ``write_now()``
+        or ``flush()``). Later writes of the iteration are coalesced as usual.
         """
-        conn = self._conn
-        conn._flush()
-        flush = getattr(conn._secure, "flush", None)
-        if flush is not None:
-            flush()
+        self._conn._flush_now()
 
     async def close_write(self) -> None:
         """Half-close: send FIN. Reading continues until the peer closes.
@@ -729,6 +749,29 @@ class YamuxConnection:
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush)
+
+    def _flush_now(self) -> None:
+        """:meth:`_flush`, and the secured connection writes it now (``write_now``, else
+        ``write`` then ``flush``, when it has them) rather than at the end of the iteration."""
+        data = self._session.data_to_send()
+        if not data or self._lost:
+            return
+        secure = self._secure
+        try:
+            write_now = getattr(secure, "write_now", None)
+            if write_now is not None:
+                write_now(data)
+            else:
+                secure.write(data)
+                flush = getattr(secure, "flush", None)
+                if flush is not None:
+                    flush()
+        except (TransportError, OSError) as exc:
+            logger.debug("yamux write failed: %r", exc)
+            secure.abort()
+            self.connection_lost(exc)
+            return
+        self._since_drain += len(data)
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False

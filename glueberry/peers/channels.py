@@ -419,6 +419,7 @@ class _StreamRec:
         "retired",
         "stream",
         "writable",
+        "write_nowait",
         "writing",
     )
 
@@ -426,6 +427,10 @@ class _StreamRec:
         self.stream = stream
         #: Writes what the connection queued to the socket now (yamux ``flush``), if offered.
         self.flush: Callable[[], None] | None = getattr(stream, "flush", None)
+        #: Writes a whole batch to the socket now if nothing has to wait (yamux), if offered.
+        self.write_nowait: Callable[[bytearray], bool] | None = getattr(
+            stream, "write_nowait", None
+        )
         #: We opened it.
         self.local = local
         #: It runs over a relayed connection.
@@ -820,6 +825,24 @@ class ChannelManager:
         if not ch.burst:  # first message of this loop iteration: out at once
             ch.burst = True
             self._loop.call_soon(self._end_burst, peer, ch)
+            rec = ch.primary
+            if rec is not None and rec.write_nowait is not None:
+                # The whole batch (this message) to the socket now, if nothing has to wait.
+                data = ch.pending
+                try:
+                    written = rec.write_nowait(data)
+                except (StreamError, TransportError, LocalProtocolError) as exc:
+                    self._drop_stream(ch, rec, reset=True)
+                    err = _as_stream_error(exc, peer, ch.name)
+                    if rec.budget is not None:  # a relay limit ended the connection?
+                        err = rec.budget.error(peer, ch.name) or err
+                    self._fail_pending(ch, err)
+                    raise err from exc
+                if written:
+                    ch.pending = bytearray()
+                    ch.pending_count = 0
+                    self._after_write(rec)
+                    return None
             return self._flush(peer, ch, True)
         if len(buf) >= COALESCE_BYTES:
             return self._flush(peer, ch)

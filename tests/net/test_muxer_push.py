@@ -1,4 +1,6 @@
-"""YamuxStream push delivery (``set_data_callback`` / ``read_nowait``) and ``flush``.
+"""Latency paths of the muxer and Noise drivers: YamuxStream push delivery
+(``set_data_callback`` / ``read_nowait``), ``flush`` and ``write_nowait``; NoiseConnection
+``flush`` and ``write_now``.
 
 The callback runs on the receive path as bytes arrive; what it takes never wakes ``read()``,
 what it leaves does; end of stream and resets still come through ``read()``; taking data
@@ -11,7 +13,7 @@ import asyncio
 
 import pytest
 
-from glueberry.errors import StreamReset
+from glueberry.errors import ConnectionLost, StreamClosed, StreamReset
 from glueberry.net.secure import secure_inbound, secure_outbound
 from glueberry.proto.yamux import YamuxConfig
 from glueberry.proto.yamux_frames import INITIAL_STREAM_WINDOW
@@ -120,4 +122,46 @@ async def test_noise_flush_seals_the_tail_at_once() -> None:
     c.flush()  # nothing queued: nothing written
     assert counted.writes == [5 + 18, 11 + 18]
     assert await read_exactly(s, 16) == b"firstsecondthird"
+    await close_both(c, s)
+
+
+async def test_write_nowait_sends_at_once_or_not_at_all() -> None:
+    async with yamux_harness(YamuxConfig(window_growth="off")) as h:
+        local, remote = await h.open()
+        await asyncio.sleep(0.01)
+        before = h.secure[0].write_calls
+        assert local.write_nowait(b"now")
+        assert h.secure[0].write_calls == before + 1  # out before the end of the iteration
+        assert await remote.readexactly(3) == b"now"
+        # More than the send window: nothing is sent, write() is the way.
+        big = bytes(INITIAL_STREAM_WINDOW + 1)
+        assert not local.write_nowait(big)
+        assert h.secure[0].write_calls == before + 1
+        writer = asyncio.create_task(local.write(big))
+        assert len(await remote.readexactly(len(big))) == len(big)
+        await asyncio.wait_for(writer, 5)
+        await local.close_write()
+        with pytest.raises(StreamClosed):
+            local.write_nowait(b"late")
+
+
+async def test_noise_write_now_keeps_order_with_queued_writes() -> None:
+    a, b = memory_pair()
+    counted = CountingRaw(a)
+    c, s = await asyncio.gather(
+        secure_outbound(counted, ALICE, BOB.peer_id, (), 5),  # type: ignore[arg-type]
+        secure_inbound(b, BOB, (), 5),
+    )
+    counted.writes.clear()
+    c.write_now(b"one")
+    assert counted.writes == [3 + 18]  # sealed and written at once, nothing queued
+    c.write(b"two")
+    c.write_now(b"three")  # behind the queued write, in the same frame
+    assert counted.writes == [3 + 18, 8 + 18]
+    await asyncio.sleep(0)
+    assert counted.writes == [3 + 18, 8 + 18]  # nothing left for the scheduled flush
+    assert await read_exactly(s, 11) == b"onetwothree"
+    c.close()
+    with pytest.raises(ConnectionLost):
+        c.write_now(b"closed")
     await close_both(c, s)
