@@ -14,12 +14,16 @@ loop: ``session.receive_data`` -> dispatch the events to the streams -> one
 Receive side: each stream keeps the chunks delivered to it (bounded by its yamux receive
 window, so a slow reader holds at most one window, B-19) and reports what the application
 takes to ``session.consume``; only that re-opens the window (end-to-end backpressure, C11).
-``read()`` returns everything buffered at once.
+``read()`` returns everything buffered at once. A reader may also take bytes as they arrive,
+synchronously on the receive path (``set_data_callback`` + ``read_nowait``), which spares a
+task wake-up per read.
 
 Send side: ``write()`` hands the bytes to ``session.send_data`` (which accepts up to the send
 window) and returns without suspending when the window allows; otherwise it waits for
 ``SendWindowAvailable``. Output is coalesced: the first write of a loop iteration schedules one
-flush with ``loop.call_soon``; a queue over :data:`FLUSH_THRESHOLD` is flushed at once. Every
+flush with ``loop.call_soon``; a queue over :data:`FLUSH_THRESHOLD` is flushed at once. A
+latency-sensitive writer can have its bytes leave at once instead: ``flush()`` writes what is
+queued now, ``write_nowait()`` sends a whole buffer now when the window allows. Every
 :data:`DRAIN_INTERVAL` bytes written a writer awaits ``secure.drain()``, so a paused transport
 pauses writers. The receive path never waits for anything, so window updates and ping replies
 always get out (no deadlock under symmetric backpressure, B-17).

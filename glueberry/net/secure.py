@@ -20,7 +20,8 @@ The data path follows performance.md:
   Many small writes in one loop iteration thus share one frame and one syscall, and a lone
   small write still leaves on the next loop iteration. ``drain()`` awaits the raw
   connection's flow control; it does not flush the tail (that would undo the coalescing),
-  and the tail is bounded by one frame.
+  and the tail is bounded by one frame. A latency-sensitive writer uses ``write_now()`` (or
+  ``flush()`` after ``write()``): sealed and written at once, no callback.
 * **read, push mode** (after :meth:`NoiseConnection.set_receiver`): every raw chunk is
   decrypted in one call and its plaintext handed to ``receiver.data_received`` once.
 * **read, pull mode** (before the muxer starts, e.g. multistream-select over the secured
