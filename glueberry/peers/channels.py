@@ -47,13 +47,17 @@ to ``on_decryption_error`` and handled by ``decryption_error_policy``: ``"reset_
 the same read that did authenticate are still delivered; nothing that failed is. Other peers
 and other streams are unaffected.
 
-*Writing.* A message is framed and sealed into one buffer (``seal_into``) and written with
-one ``stream.write`` (yamux merges consecutive writes into one frame; Noise and the socket
-coalesce further). ``send`` returns once the muxer accepted the bytes; it waits while the
-stream's send window is exhausted. Concurrent senders on one stream never interleave: while a
-write is suspended, later messages are appended to one pending buffer that the suspended
-writer flushes next, and their senders wait for that flush (``disable_backpressure``: they
-return at once instead, and memory is the limit).
+*Writing.* A message is framed and sealed into the channel's pending buffer (``seal_into``),
+synchronously (:meth:`ChannelManager.submit`; ``Node.send`` awaits only what must be awaited).
+The first message of a loop iteration is written to the socket at once (yamux
+``write_nowait``: framed, sealed by Noise and written inside the call, when the window allows;
+else ``stream.write`` then ``flush``); the messages after it in the same iteration are
+coalesced and written at 64 KiB or at the end of the iteration. ``send`` returns once the
+muxer accepted the bytes; it waits while the stream's send window is exhausted. Concurrent
+senders on one stream never interleave: while a write is suspended, later messages are
+appended to one pending buffer that the suspended writer flushes next, and their senders wait
+for that flush (``disable_backpressure``: they return at once instead, and memory is the
+limit).
 
 *Migration* (relayed -> direct). When a direct connection to a peer appears while the
 peer's encrypted streams run over a relayed (``/p2p-circuit``) connection - a hole punch
