@@ -45,6 +45,7 @@ class BadSigner:
         self._key = key
         self._transform = transform
         self.public_key = key.public_key
+        self.peer_id = key.peer_id
 
     def sign(self, message: bytes) -> bytes:
         what = self._transform(message)
