@@ -4,7 +4,8 @@ The peers are built by ``interop/build.sh`` (``scripts/bootstrap.sh`` runs it); 
 lines and protocols are specified in ``docs/interop.md``. A missing peer is a test *failure*,
 never a skip: CI must not pass without running interop.
 
-- :func:`peer_binary` gives the command prefix of a peer (``"go"``, ``"gbpeer"``, ``"js"``).
+- :func:`peer_binary` gives the command prefix of a peer (``"go"``, ``"gbpeer"``, ``"js"``,
+  ``"rust"``).
 - The ``peer_listener`` fixture starts ``<peer> listen ...``, waits for its ``READY <multiaddr>``
   line and keeps reading its stdout in a thread (JSON event lines with ``--events``), so the
   pipe never fills.
@@ -36,6 +37,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GO_BIN = ROOT / "interop" / "go" / "bin"
 JS_DIR = ROOT / "interop" / "js"
+RUST_PEER = ROOT / "interop" / "rust" / "target" / "release" / "peer"
 
 #: Seconds a listener may take to print READY (node's first start on a busy machine is slow).
 READY_TIMEOUT = 60.0
@@ -49,6 +51,8 @@ _ALIASES = {
     "gbpeer": "gbpeer",
     "js": "js",
     "js-peer": "js",
+    "rust": "rust",
+    "rust-peer": "rust",
 }
 
 
@@ -56,7 +60,8 @@ def peer_binary(name: str) -> list[str]:
     """Command prefix for a reference peer; fails the test if it has not been built.
 
     ``go`` -> ``interop/go/bin/peer``; ``gbpeer`` -> ``interop/go/bin/gbpeer``;
-    ``js`` -> ``node interop/js/peer.mjs`` (needs ``interop/js/node_modules``).
+    ``js`` -> ``node interop/js/peer.mjs`` (needs ``interop/js/node_modules``);
+    ``rust`` -> ``interop/rust/target/release/peer``.
     """
     kind = _ALIASES.get(name)
     if kind is None:
@@ -66,6 +71,10 @@ def peer_binary(name: str) -> list[str]:
         if not os.access(path, os.X_OK):
             pytest.fail(f"interop peer {path} is missing: run interop/build.sh (needs Go >= 1.26)")
         return [str(path)]
+    if kind == "rust":
+        if not os.access(RUST_PEER, os.X_OK):
+            pytest.fail(f"interop peer {RUST_PEER} is missing: run interop/build.sh (needs cargo)")
+        return [str(RUST_PEER)]
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not on PATH: the js interop peer needs Node.js >= 20")

@@ -1,4 +1,4 @@
-"""Interop against rust-libp2p (``interop/rust``, libp2p 0.57.1): QUIC both ways, and TCP +
+"""Interop against rust-libp2p (``interop/rust``, libp2p 0.56.0): QUIC both ways, and TCP +
 Noise + yamux both ways.
 
 The rust peer (docs/interop.md, "rust peer") serves identify, ping and the echo, source,
@@ -29,7 +29,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,12 +66,10 @@ from glueberry.transport.quic import QuicConnection, QuicStream, QuicTransport
 from glueberry.wire import pb_identify, varint
 from glueberry.wire.identity import PeerId, PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
-from tests.interop.conftest import DialerFactory, Listener, ListenerFactory
+from tests.interop.conftest import RUST_PEER, DialerFactory, Listener, ListenerFactory
 
 pytestmark = pytest.mark.interop
 
-ROOT = Path(__file__).resolve().parents[2]
-RUST_PEER = ROOT / "interop" / "rust" / "target" / "release" / "peer"
 
 MIB = 1024 * 1024
 #: Bytes each way on one stream. aioquic moves 10-20 MB/s here (rust->Python ~20, Python->rust
@@ -102,19 +99,10 @@ class Rust:
 
 
 @pytest.fixture
-def rust(
-    peer_listener: ListenerFactory, peer_dialer: DialerFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Rust]:
-    """The fixtures' factories, with ``"rust"`` naming ``interop/rust/target/release/peer``."""
+def rust(peer_listener: ListenerFactory, peer_dialer: DialerFactory) -> Iterator[Rust]:
+    """The shared fixtures' factories for the ``"rust"`` peer (``RUST_PEER``)."""
     if not os.access(RUST_PEER, os.X_OK):
         pytest.fail(f"interop peer {RUST_PEER} is missing: run interop/build.sh (needs cargo)")
-    fixtures = type(peer_listener).__call__.__globals__  # the module the factories come from
-    other = fixtures["peer_binary"]
-
-    def peer_binary(name: str) -> list[str]:
-        return [str(RUST_PEER)] if name == "rust" else list(other(name))
-
-    monkeypatch.setitem(fixtures, "peer_binary", peer_binary)
     yield Rust(peer_listener, peer_dialer)
 
 
