@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
+import subprocess
+import sys
+
+import pytest
 
 import glueberry
 
@@ -107,3 +112,31 @@ def test_handshake_submodule_surface() -> None:
     for name in ("establish", "auto", "AutoHandshake", "HandshakeMachine"):
         assert callable(getattr(hs, name)), name
     assert hs.encode_hello() == bytes.fromhex("14800110010000")
+
+
+def test_dir_lists_every_public_name() -> None:
+    assert set(glueberry.__all__) <= set(dir(glueberry))
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nod'"):
+        _ = glueberry.Nod  # type: ignore[attr-defined]
+
+
+def test_node_layer_is_imported_on_first_use() -> None:
+    """``import glueberry`` alone (what a program using only the libp2p stack does) does not
+    import the node layer; the first access to a name of it does."""
+    code = (
+        "import json, sys, glueberry\n"
+        "layer = ('glueberry.node', 'glueberry.peers.channels', 'glueberry.handshake')\n"
+        "before = [m for m in layer if m in sys.modules]\n"
+        "module = glueberry.Node.__module__\n"
+        "print(json.dumps([before, module, [m for m in layer if m in sys.modules]]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    before, module, after = json.loads(out)
+    assert before == []
+    assert module == "glueberry"
+    assert "glueberry.node" in after and "glueberry.peers.channels" in after
