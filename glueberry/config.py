@@ -184,9 +184,13 @@ class Config:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     """Largest plaintext sent or accepted, in bytes (also bounds receive buffers)."""
     conn_mgr_high_watermark: int = 400
-    """Connections above which the connection manager trims."""
+    """Live connections above which the host's connection manager trims
+    (:mod:`glueberry.net.connmgr`): it closes the least valuable peers first, never a peer in
+    the handshake or ``Established``, nor a peer connected less than 60 s ago (grace
+    period); automatic trims run at most every 10 s."""
     conn_mgr_low_watermark: int = 100
-    """Connections the connection manager trims down to (< high)."""
+    """Closable connections a trim leaves (< high); protected and young connections come
+    on top, so nothing is closed while fewer than this many could be."""
     max_stream_name_length: int = 64
     """Longest stream name, in UTF-8 bytes."""
     max_metadata_size: int = 4096

@@ -56,6 +56,7 @@ from glueberry.config import Config
 from glueberry.errors import (
     Backpressure,
     ConfigError,
+    ConnectionLost,
     ErrorCode,
     GlueberryError,
     LocalProtocolError,
@@ -70,6 +71,7 @@ from glueberry.events import (
     EventFilter,
     EventSubscription,
 )
+from glueberry.net.connmgr import ConnManagerConfig
 from glueberry.net.host import Host, HostConfig
 from glueberry.net.services import IdentifyService, PingService
 from glueberry.peers.addressbook import AddressBook, PeerEntry
@@ -93,6 +95,7 @@ from glueberry.wire.multiaddr import Multiaddr
 if TYPE_CHECKING:
     from glueberry.nat.manager import NatManager
     from glueberry.peers.traversal import NodeTraversal
+    from glueberry.transport.base import MuxedConnection
 
 __all__ = [
     "HANDSHAKE_STREAM",
@@ -108,6 +111,8 @@ __all__ = [
 
 #: Seconds between writes of batched address-book changes (``last_seen``), as in Go.
 BOOK_FLUSH_INTERVAL: Final = 5.0
+#: The host's connection-manager protection of peers in the handshake or Established.
+_CONNMGR_TAG: Final = "glueberry-session"
 #: Statistics of peers idle this long (and not established) are forgotten (Go: 24 h).
 STATS_MAX_IDLE: Final = 24 * 3600.0
 _STATS_PRUNE_EVERY: Final = 3600.0
@@ -373,7 +378,6 @@ class Node:
                 self._identity,
                 on_derive=None if type(metrics) is NopMetrics else metrics.key_derivation,
             )
-            host_config = HostConfig(gater=BlacklistGater(self._book))
             traversal: NodeTraversal | None = None
             if cfg.nat_enabled:
                 from glueberry.peers.traversal import NodeTraversal, node_transports
@@ -387,9 +391,17 @@ class Node:
                     in_session=self._in_session,
                 )
                 self._traversal = traversal
-                host_config = HostConfig(
-                    gater=host_config.gater, transports=list(traversal.transports)
-                )
+            host_config = HostConfig(
+                gater=BlacklistGater(self._book),
+                transports=list(traversal.transports) if traversal is not None else None,
+                # Trimming never touches a peer in the handshake or Established: _publish
+                # protects them (_CONNMGR_TAG) for as long as they are in those states.
+                conn_manager=ConnManagerConfig(
+                    high_watermark=cfg.conn_mgr_high_watermark,
+                    low_watermark=cfg.conn_mgr_low_watermark,
+                ),
+                clock=self._clock,
+            )
             host = Host(self._identity, listen_addrs=cfg.addresses, config=host_config)
             self._host = host
             await host.start()
@@ -427,7 +439,7 @@ class Node:
                 tracer=cfg.tracer,
                 logger=self._log,
                 rng=self._rng,
-                connection_error=traversal.connection_error if traversal is not None else None,
+                connection_error=self._connection_error,
             )
             self._channels.start()
             spawn_in(host, self._housekeeping(), name="glueberry-housekeeping")
@@ -885,6 +897,12 @@ class Node:
         return self._traversal.manager if self._traversal is not None else None
 
     def _publish(self, event: ConnectionEvent) -> None:
+        host = self._host
+        if host is not None:
+            if event.state in (ConnectionState.CONNECTED, ConnectionState.ESTABLISHED):
+                host.protect(event.peer_id, _CONNMGR_TAG)
+            else:
+                host.unprotect(event.peer_id, _CONNMGR_TAG)
         traversal = self._traversal
         if traversal is not None:
             if event.state is ConnectionState.CONNECTED:
@@ -912,6 +930,17 @@ class Node:
                 self._backlog.popleft()
         finally:
             self._pump = None
+
+    def _connection_error(self, conn: MuxedConnection) -> BaseException | None:
+        """Why a connection ended, when the node knows better than the connection."""
+        if self._host is not None and self._host.was_trimmed(conn):
+            return ConnectionLost(
+                "closed by the connection manager (over conn_mgr_high_watermark)",
+                peer_id=conn.remote_peer,
+            )
+        if self._traversal is not None:
+            return self._traversal.connection_error(conn)
+        return None
 
     def _publish_change(self, change: ConnectionChange) -> None:
         self._changes.publish_nowait(change)  # drop_oldest subscriptions never refuse

@@ -61,6 +61,17 @@ Notifications. :meth:`Host.add_connection_listener` registers synchronous
 connection order (a connected call always precedes the disconnected call for the same
 connection). A service needing to do I/O in response starts a task with :meth:`Host.spawn`.
 
+Connection manager (:mod:`glueberry.net.connmgr`, go's basic connmgr). With
+``HostConfig.conn_manager`` set, each new connection checks whether the live connections
+exceed the high watermark; if so, and no automatic trim ran within the silence period, the
+policy picks the least valuable unprotected peers past their grace period and their
+connections are closed gracefully in a host task (``on_disconnected`` runs for each as for
+any other close; :meth:`Host.was_trimmed` tells them apart). While still above the high
+watermark, a timer on the host's clock looks again after the silence period.
+:meth:`Host.trim_connections` trims on demand. :meth:`Host.protect` / :meth:`Host.unprotect`
+and :meth:`Host.tag_peer` feed the policy. Every trim is logged (info) and counted
+(``host.conn_manager.trims`` / ``.trimmed``).
+
 Close. :meth:`Host.close` stops the listeners, closes every connection gracefully (the muxer
 sends its close/GoAway) within ``close_timeout``, then cancels whatever still runs and waits
 for it. Nothing is left behind: no task, no socket.
@@ -79,6 +90,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
+from glueberry.clock import Clock, LoopClock
 from glueberry.errors import (
     ConfigError,
     ConnectError,
@@ -94,6 +106,7 @@ from glueberry.errors import (
     StreamReset,
     TransportError,
 )
+from glueberry.net.connmgr import ConnManager, ConnManagerConfig, ConnRecord
 from glueberry.net.gater import ConnectionGater
 from glueberry.net.limits import (
     STREAM_RESOURCE_LIMIT_EXCEEDED,
@@ -116,6 +129,7 @@ from glueberry.net.upgrader import MuxerFactory, SecureUpgrade, Upgrader, with_p
 from glueberry.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
+    from glueberry.clock import TimerHandle
     from glueberry.transport.base import (
         MuxedConnection,
         RawConnection,
@@ -194,6 +208,12 @@ class HostConfig:
     """Graceful close of all connections in :meth:`Host.close`."""
     peerstore_max_peers: int = 1000
     """Bound on the peerstore (see :class:`~glueberry.net.peerstore.Peerstore`)."""
+    conn_manager: ConnManagerConfig | None = None
+    """Trim connections above a high watermark (:mod:`glueberry.net.connmgr`); ``None``: no
+    trimming (protections and tags are still recorded)."""
+    clock: Clock | None = None
+    """Time source of the connection manager's grace and silence periods; ``None``: the
+    event loop's."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -219,6 +239,7 @@ class _Conn:
 
     __slots__ = (
         "closed",
+        "connected_at",
         "direction",
         "muxed",
         "opened_at",
@@ -230,6 +251,7 @@ class _Conn:
         "tasks",
         "tg",
         "transport",
+        "trimmed",
     )
 
     def __init__(
@@ -250,7 +272,9 @@ class _Conn:
         self.pending_ip: str | None = None  # inbound, while counted as upgrading
         self.tasks: set[asyncio.Task[None]] = set()
         self.opened_at = time.monotonic()
+        self.connected_at = 0.0  # registered, on the connection manager's clock
         self.closed = False
+        self.trimmed = False  # closed by the connection manager
 
 
 class _Dial:
@@ -327,6 +351,11 @@ class Host:
         #: Inbound connections refused before the upgrade, by reason (gater, limit names).
         self.refused_inbound: dict[str, int] = {}
         self._pending_by_ip: dict[str, int] = {}
+        #: The connection manager's policy: protections, tags, trim counters.
+        self.conn_manager: ConnManager[PeerId] = ConnManager(cfg.conn_manager)
+        self._clock: Clock = cfg.clock if cfg.clock is not None else LoopClock()
+        self._trim_timer: TimerHandle | None = None
+        self._trimmed_closing: set[MuxedConnection] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -375,6 +404,9 @@ class Host:
             self._closed_event.set()
             return
         self._state = _State.CLOSING
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         try:
             for _, listener in self._listeners:
                 listener.close()
@@ -978,17 +1010,14 @@ class Host:
             self._upgrade_done(rec)
             rec.closed = True
             rec.tg = None
-            if rec.raw is not None and not rec.raw.is_closing():
-                rec.raw.abort()
-            elif rec.raw is None and rec.muxed is not None:  # a muxed transport's (QUIC)
-                cast("NativeMuxedConnection", rec.muxed).abort()  # no-op once it is gone
+            _abort(rec)
             rec.reservation.release()
             if registered:
                 self._unregister(rec)
         if failure is not None:
             raise failure
 
-    # --- streams --------------------------------------------------------------------------------
+    # --- connection registry ------------------------------------------------------------------
 
     def _register(self, rec: _Conn) -> None:
         muxed = rec.muxed
@@ -999,8 +1028,10 @@ class Host:
         self.peerstore.protect(peer)
         with contextlib.suppress(GlueberryError):
             self.peerstore.add_public_key(peer, muxed.remote_public_key)
+        rec.connected_at = self._clock.now()
         logger.debug("connected to %s (%s)", peer, rec.direction.value)
         self._notify(True, muxed)
+        self._check_trim()
 
     def _unregister(self, rec: _Conn) -> None:
         muxed = rec.muxed
@@ -1013,9 +1044,155 @@ class Host:
                 recs.remove(rec)
             if not recs:
                 del self._by_peer[peer]
+                self.conn_manager.forget(peer)
         self.peerstore.unprotect(peer)
-        logger.debug("disconnected from %s", peer)
+        logger.debug("disconnected from %s%s", peer, " (trimmed)" if rec.trimmed else "")
         self._notify(False, muxed)
+        self._trimmed_closing.discard(muxed)
+
+    # --- connection manager ---------------------------------------------------------------------
+
+    def protect(self, peer: PeerId, tag: str) -> None:
+        """Never trim connections to ``peer`` while ``tag`` is on it (go's ``Protect``)."""
+        self.conn_manager.protect(peer, tag)
+
+    def unprotect(self, peer: PeerId, tag: str) -> bool:
+        """Remove one protection tag; returns whether ``peer`` is still protected."""
+        return self.conn_manager.unprotect(peer, tag)
+
+    def is_protected(self, peer: PeerId, tag: str | None = None) -> bool:
+        """Whether ``peer`` is protected (by ``tag``, if given)."""
+        return self.conn_manager.is_protected(peer, tag)
+
+    def tag_peer(self, peer: PeerId, tag: str, value: int) -> None:
+        """Give ``peer`` a value under ``tag``: peers of lower total value are trimmed first
+        (go's ``TagPeer``). A peer's tags are dropped when its last connection closes."""
+        self.conn_manager.tag_peer(peer, tag, value)
+
+    def untag_peer(self, peer: PeerId, tag: str) -> None:
+        """Remove ``tag`` from ``peer``."""
+        self.conn_manager.untag_peer(peer, tag)
+
+    def was_trimmed(self, conn: MuxedConnection) -> bool:
+        """Whether ``conn`` was closed by the connection manager (true from the trim until
+        the ``on_disconnected`` listeners of ``conn`` have run)."""
+        if conn in self._trimmed_closing:
+            return True
+        rec = self._conns.get(conn)
+        return rec is not None and rec.trimmed
+
+    async def trim_connections(self) -> int:
+        """Trim now (go's ``TrimOpenConns``): close the least valuable connections until
+        ``low_watermark`` closable ones remain, ignoring the silence period and the high
+        watermark (protections and grace period still apply). Waits until they are closed.
+
+        Returns:
+            The number of connections closed (0 without a connection manager).
+
+        Raises:
+            NodeStateError: the host is not running.
+        """
+        self._check_running()
+        recs = self._trim(self._clock.now())
+        if recs:
+            await self._close_trimmed(recs)
+        return len(recs)
+
+    def _trimmable(self) -> list[_Conn]:
+        """Live connections not already being closed."""
+        return [
+            rec
+            for rec in self._conns.values()
+            if rec.muxed is not None and not rec.muxed.is_closed and not rec.trimmed
+        ]
+
+    def _check_trim(self) -> None:
+        """After a new connection (or at the re-check timer): trim if due and allowed."""
+        cm = self.conn_manager
+        if (
+            self._state is not _State.RUNNING
+            or not cm.trim_due(len(self._conns))  # cheap upper bound first
+            or not cm.trim_due(len(self._trimmable()))
+        ):
+            return
+        now = self._clock.now()
+        if cm.may_trim(now):
+            recs = self._trim(now)
+            if recs:
+                self.spawn(self._close_trimmed(recs), name="host-trim")
+            if not cm.trim_due(len(self._trimmable())):
+                return
+        # Still too many (protected or young connections), or in the silence period:
+        # look again once the silence period is over, as go's background check does.
+        at = cm.next_trim_at()
+        if self._trim_timer is None and at is not None:
+            self._trim_timer = self._clock.call_at(at, self._on_trim_timer)
+
+    def _on_trim_timer(self) -> None:
+        self._trim_timer = None
+        self._check_trim()
+
+    def _trim(self, now: float) -> list[_Conn]:
+        """Run the policy over the live connections; mark and log what it selected."""
+        cm = self.conn_manager
+        if cm.config is None:
+            return []
+        live = self._trimmable()
+        records = [
+            ConnRecord(
+                conn=rec,
+                peer=rec.muxed.remote_peer,
+                opened_at=rec.connected_at,
+                inbound=rec.direction is Direction.INBOUND,
+                streams=_open_streams(rec.muxed),
+            )
+            for rec in live
+            if rec.muxed is not None
+        ]
+        selected = [r.conn for r in cm.select(now, records)]
+        if not selected:
+            logger.debug(
+                "connection manager: %d connections, none to trim (protected, in their grace"
+                " period, or at most low_watermark=%d closable)",
+                len(records),
+                cm.config.low_watermark,
+            )
+            return []
+        logger.info(
+            "connection manager: trimming %d of %d connections (high_watermark=%d,"
+            " low_watermark=%d)",
+            len(selected),
+            len(records),
+            cm.config.high_watermark,
+            cm.config.low_watermark,
+        )
+        for rec in selected:
+            assert rec.muxed is not None
+            rec.trimmed = True
+            self._trimmed_closing.add(rec.muxed)
+            logger.debug(
+                "connection manager: closing %s connection to %s",
+                rec.direction.value,
+                rec.muxed.remote_peer,
+            )
+        return selected
+
+    async def _close_trimmed(self, recs: list[_Conn]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for rec in recs:
+                tg.create_task(self._close_rec(rec))
+
+    async def _close_rec(self, rec: _Conn) -> None:
+        """Close one connection gracefully (muxer close), else abort it at close_timeout."""
+        muxed = rec.muxed
+        if muxed is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.close_timeout):
+                await muxed.close()
+        except (TimeoutError, GlueberryError, OSError) as exc:
+            logger.debug("closing %r failed (%r): aborting it", muxed, exc)
+            _abort(rec)
 
     # --- streams --------------------------------------------------------------------------------
 
@@ -1126,6 +1303,14 @@ class Host:
 async def _wait_muxed_closed(muxed: MuxedConnection) -> None:
     """Until the muxed connection is gone, for any reason (muxers provide ``wait_closed``)."""
     await cast("Any", muxed).wait_closed()
+
+
+def _abort(rec: _Conn) -> None:
+    """Drop a connection's transport at once (idempotent)."""
+    if rec.raw is not None and not rec.raw.is_closing():
+        rec.raw.abort()
+    elif rec.raw is None and rec.muxed is not None:  # a muxed transport's (QUIC)
+        cast("NativeMuxedConnection", rec.muxed).abort()  # no-op once it is gone
 
 
 def _open_streams(muxed: MuxedConnection) -> int:
