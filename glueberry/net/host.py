@@ -26,10 +26,26 @@ than ``max_pending_upgrades`` overall. Once the peer is authenticated, ``allow_s
 the per-peer limit run before any muxer byte is read; a connection to ourselves is refused.
 
 Outbound path. :meth:`Host.connect` reuses a live connection to the peer if there is one;
-otherwise concurrent calls for one peer share one dial (go's dial sync). The dial tries the
-addresses in order, each under ``dial_address_timeout`` and all under ``dial_timeout``. A
-caller cancelled while waiting leaves the dial running for the others; the last waiter to
-go cancels it, so nothing half-open outlives its callers.
+otherwise concurrent calls for one peer share one dial (go's dial sync). A caller cancelled
+while waiting leaves the dial running for the others; the last waiter to go cancels it and
+waits for it to end, so nothing half-open outlives its callers.
+
+Staggered dialing (RFC 8305 Happy Eyeballs; go-libp2p's dial ranker and dial worker). The
+addresses are ranked by :func:`~glueberry.net.dialrank.rank_addrs` (direct before relayed,
+loopback and private before public, QUIC before TCP, IPv6 and IPv4 alternating, low ports
+first). The first attempt starts at once; the next starts after the stagger delay of the
+previous one (``dial_stagger_local``, 30 ms, after a loopback or private address;
+``dial_stagger``, 250 ms, after a public one; twice ``dial_stagger`` before the first relayed
+address), *at once* when an attempt fails, and not while an attempt whose TCP connection is
+up is still upgrading (held for ``dial_stagger`` from the moment the socket connected, so a
+working address is not raced by needless handshakes). At most ``dial_concurrency`` (4)
+attempts run at once; each runs under ``dial_address_timeout`` (6 s) and all under
+``dial_timeout`` (15 s). The first connection to come up wins: it is registered and its
+attempt goes on as the connection's task; the other attempts are cancelled (their sockets
+aborted, their slots released), and one that completed in the same loop iteration is closed
+gracefully. Each attempt passes the gater and the limits before it starts; a
+:class:`~glueberry.errors.ResourceLimitExceeded` starts no further attempt. When every
+address fails, the error lists each of them (:meth:`Host._dial_error`).
 
 Transports (:mod:`glueberry.net.transports`). An address goes to the first transport that
 can dial it (``/tcp/…`` to TCP, ``/udp/…/quic-v1`` to QUIC); the defaults are TCP, plus QUIC
@@ -80,6 +96,7 @@ for it. Nothing is left behind: no task, no socket.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import functools
@@ -107,6 +124,7 @@ from glueberry.errors import (
     TransportError,
 )
 from glueberry.net.connmgr import ConnManager, ConnManagerConfig, ConnRecord
+from glueberry.net.dialrank import DEFAULT_STAGGER, DEFAULT_STAGGER_LOCAL, rank_addrs
 from glueberry.net.gater import ConnectionGater
 from glueberry.net.limits import (
     STREAM_RESOURCE_LIMIT_EXCEEDED,
@@ -200,6 +218,15 @@ class HostConfig:
     """Whole :meth:`Host.connect`, all addresses (go: 15 s)."""
     dial_address_timeout: float = 6.0
     """One address: TCP connect plus upgrade (js: 6 s)."""
+    dial_stagger: float = DEFAULT_STAGGER
+    """Seconds after starting a public address before the next address of the same dial is
+    tried (RFC 8305, go: 250 ms); also how long an attempt whose TCP connection is up and
+    upgrading holds the next one back; twice it delays relayed addresses
+    (:mod:`glueberry.net.dialrank`)."""
+    dial_stagger_local: float = DEFAULT_STAGGER_LOCAL
+    """The same after a loopback or private address (go: 30 ms)."""
+    dial_concurrency: int = 4
+    """Attempts of one dial in flight at once (addresses of one peer)."""
     upgrade_timeout: float = 15.0
     """Whole inbound upgrade (go's accept timeout: 15 s)."""
     negotiate_timeout: float = 10.0
@@ -225,6 +252,10 @@ class HostConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"HostConfig.{name} must be > 0")
+        if not (self.dial_stagger >= 0 and self.dial_stagger_local >= 0):
+            raise ConfigError("HostConfig.dial_stagger and dial_stagger_local must be >= 0")
+        if self.dial_concurrency < 1:
+            raise ConfigError("HostConfig.dial_concurrency must be >= 1")
 
 
 class _State(enum.Enum):
@@ -808,64 +839,189 @@ class Host:
             return await asyncio.shield(dial.future)
         except asyncio.CancelledError:
             if dial.waiters == 1 and not dial.future.done() and dial.task is not None:
-                dial.task.cancel()  # the last caller gave up: stop the dial
+                dial.task.cancel()  # the last caller gave up: stop the dial, and wait
+                await asyncio.wait({dial.task})  # until its attempts are gone (sockets, slots)
             raise
         finally:
             dial.waiters -= 1
 
     async def _dial_main(self, dial: _Dial, peer_id: PeerId | None, addrs: list[Multiaddr]) -> None:
-        """Try ``addrs`` in turn; the successful attempt goes on as the connection's task."""
+        """Dial ``addrs`` ranked and staggered (see "Outbound path"): the first attempt to
+        come up goes on as the connection's task, the others are cancelled."""
+        cfg = self.config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.dial_timeout
+        deadline = loop.time() + cfg.dial_timeout
+        plan = collections.deque(
+            rank_addrs(
+                addrs,
+                stagger=cfg.dial_stagger,
+                stagger_local=cfg.dial_stagger_local,
+                relay_delay=2 * cfg.dial_stagger,
+            )
+        )
+        rank = {step.addr: i for i, step in enumerate(plan)}
         errors: list[tuple[Multiaddr, BaseException]] = []
+        in_flight: dict[_Conn, asyncio.Task[None]] = {}
+        holds: dict[_Conn, float] = {}  # transport up, upgrading: no new attempt before
+        wake = asyncio.Event()
+        next_at = loop.time()  # the next attempt may start (stagger, or at once)
+        stopped = False  # a local limit: no further attempt
+        winner: _Conn | None = None
 
         def ready(rec: _Conn) -> None:
+            nonlocal winner
+            winner = rec
             if peer_id is not None and self._dials.get(peer_id) is dial:
                 del self._dials[peer_id]
             if not dial.future.done():
                 assert rec.muxed is not None
                 dial.future.set_result(rec.muxed)
+            wake.set()
+
+        def transport_up(rec: _Conn) -> None:
+            # Its socket is connected and the upgrade runs: give the upgrade a stagger
+            # period before starting another attempt (go-libp2p does this for public TCP).
+            holds[rec] = loop.time() + cfg.dial_stagger
+            wake.set()
+
+        def start_at() -> float:
+            return max([next_at, *holds.values()])
+
+        def failed(rec: _Conn | None, addr: Multiaddr, exc: BaseException) -> None:
+            nonlocal next_at, stopped
+            logger.debug("dial %s failed: %r", addr, exc)
+            errors.append((addr, exc))
+            if rec is not None:
+                in_flight.pop(rec, None)
+                holds.pop(rec, None)
+            next_at = loop.time()  # a failure starts the next address at once
+            if isinstance(exc, ResourceLimitExceeded):
+                stopped = True  # a local limit: the other addresses would hit it too
+            wake.set()
 
         try:
-            for addr in addrs:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    errors.append(
-                        (addr, ConnectTimeout(f"dial timed out after {self.config.dial_timeout} s"))
-                    )
-                    break
-                try:
-                    rec = self._prepare_dial(peer_id, addr)
-                    await self._connection_main(
-                        rec, self._establish_outbound(rec, peer_id, remaining), ready
-                    )
-                except (GlueberryError, OSError) as exc:
-                    logger.debug("dial %s failed: %r", addr, exc)
-                    errors.append((addr, exc))
-                    if isinstance(exc, ResourceLimitExceeded):
-                        break  # a local limit: the other addresses would hit it too
-                    continue
-                return  # the connection was established, served and has now ended
-            if not dial.future.done():
-                dial.future.set_exception(self._dial_error(peer_id, errors))
+            async with asyncio.TaskGroup() as tg:
+                while not dial.future.done():
+                    wake.clear()
+                    now = loop.time()
+                    if plan and now >= deadline:
+                        for step in plan:
+                            errors.append(
+                                (
+                                    step.addr,
+                                    ConnectTimeout(
+                                        f"{step.addr} not dialed: dial_timeout"
+                                        f" ({cfg.dial_timeout} s) ran out"
+                                    ),
+                                )
+                            )
+                        plan.clear()
+                    while (
+                        plan
+                        and not stopped
+                        and len(in_flight) < cfg.dial_concurrency
+                        and now >= start_at()
+                    ):
+                        step = plan.popleft()
+                        try:
+                            rec = self._prepare_dial(peer_id, step.addr)
+                        except (GlueberryError, OSError) as exc:
+                            failed(None, step.addr, exc)
+                            continue
+                        in_flight[rec] = tg.create_task(
+                            self._dial_attempt(
+                                rec,
+                                step.addr,
+                                peer_id=peer_id,
+                                deadline=deadline,
+                                won=dial.future,
+                                ready=ready,
+                                transport_up=transport_up,
+                                failed=failed,
+                            ),
+                            name="host-dial-attempt",
+                        )
+                        next_at = now + (plan[0].delay if plan else 0.0)
+                    if not in_flight and (not plan or stopped):
+                        break  # every address failed
+                    timeout: float | None = None
+                    if plan and not stopped and len(in_flight) < cfg.dial_concurrency:
+                        timeout = max(0.0, min(start_at(), deadline) - now)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await wake.wait()
+                # Won (the winner serves its connection until it ends), or all failed.
+                for rec, task in in_flight.items():
+                    if rec is not winner:
+                        task.cancel()
+                if not dial.future.done():
+                    errors.sort(key=lambda e: rank.get(e[0], len(rank)))
+                    dial.future.set_exception(self._dial_error(peer_id, errors))
         finally:
             if peer_id is not None and self._dials.get(peer_id) is dial:
                 del self._dials[peer_id]
             if not dial.future.done():  # cancelled: the host closes, or every caller left
                 dial.future.set_exception(ConnectError("dial aborted", peer_id=peer_id))
 
+    async def _dial_attempt(
+        self,
+        rec: _Conn,
+        addr: Multiaddr,
+        *,
+        peer_id: PeerId | None,
+        deadline: float,
+        won: asyncio.Future[MuxedConnection],
+        ready: Callable[[_Conn], None],
+        transport_up: Callable[[_Conn], None],
+        failed: Callable[[_Conn | None, Multiaddr, BaseException], None],
+    ) -> None:
+        """One address of a dial: establish it and, if it is the first up, serve it."""
+        loop = asyncio.get_running_loop()
+
+        async def establish() -> MuxedConnection:
+            muxed = await self._establish_outbound(
+                rec, peer_id, deadline - loop.time(), on_transport=lambda: transport_up(rec)
+            )
+            if won.done():
+                # Another address came up in the same loop iteration: close this one.
+                try:
+                    async with asyncio.timeout(self.config.close_timeout):
+                        await muxed.close()
+                except (TimeoutError, GlueberryError, OSError) as exc:
+                    logger.debug("closing the surplus connection %r: %r", muxed, exc)
+                raise ConnectError(f"{addr}: another address connected first", peer_id=peer_id)
+            return muxed
+
+        try:
+            await self._connection_main(rec, establish(), ready)
+        except (GlueberryError, OSError) as exc:
+            failed(rec, addr, exc)
+        except Exception as exc:
+            # A bug below: count the address as failed rather than end the whole dial.
+            logger.exception("dial attempt to %s failed", addr)
+            failed(rec, addr, exc)
+
     @staticmethod
     def _dial_error(
         peer_id: PeerId | None, errors: list[tuple[Multiaddr, BaseException]]
     ) -> BaseException:
+        """The error of a dial whose every address failed (``errors`` in dial order).
+
+        One address: its own error. Several: a ``ConnectError`` (or ``ConnectTimeout`` /
+        ``PeerBlacklisted`` when every address failed that way) whose message names every
+        address (the first 8) and whose ``.errors`` lists every ``(addr, exc)``.
+        """
         if len(errors) == 1:
             return errors[0][1]
         kinds = {type(e) for _, e in errors}
-        if len(kinds) == 1 and kinds <= {PeerBlacklisted, ConnectTimeout}:
-            return errors[-1][1]
-        err = ConnectError(
-            f"all {len(errors)} addresses failed; last: {errors[-1][1]!r}", peer_id=peer_id
-        )
+        kind: type[GlueberryError] = ConnectError
+        if kinds == {PeerBlacklisted}:
+            kind = PeerBlacklisted
+        elif kinds == {ConnectTimeout}:
+            kind = ConnectTimeout
+        shown = "; ".join(f"{addr}: {exc!r}" for addr, exc in errors[:8])
+        more = f"; and {len(errors) - 8} more" if len(errors) > 8 else ""
+        err = kind(f"all {len(errors)} addresses failed: {shown}{more}", peer_id=peer_id)
         err.errors = errors  # type: ignore[attr-defined]
         err.__cause__ = errors[-1][1]
         return err
@@ -889,8 +1045,14 @@ class Host:
         return rec
 
     async def _establish_outbound(
-        self, rec: _Conn, peer_id: PeerId | None, remaining: float
+        self,
+        rec: _Conn,
+        peer_id: PeerId | None,
+        remaining: float,
+        on_transport: Callable[[], None] | None = None,
     ) -> MuxedConnection:
+        """Dial ``rec.remote_addr`` and upgrade; ``on_transport()`` once a raw transport's
+        connection is up (the upgrade begins)."""
         addr = rec.remote_addr
         assert addr is not None and rec.transport is not None
         if addr.peer_id is not None:
@@ -909,6 +1071,8 @@ class Host:
                     self.peerstore.add_addrs(muxed.remote_peer, [addr])
                     return muxed
                 rec.raw = await cast("Transport", rec.transport).dial(dial_addr, timeout=timeout)
+                if on_transport is not None:
+                    on_transport()
                 muxed = await self.upgrader.upgrade_outbound(
                     rec.raw,
                     expected_peer=peer_id,
