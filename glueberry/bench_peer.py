@@ -41,6 +41,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from glueberry._loop import LOOPS, run
 from glueberry.net.testprotocols import BENCH_PROTOCOL
 from glueberry.wire.identity import PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
@@ -242,6 +243,9 @@ async def listen(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python3 -m glueberry.bench_peer")
+    ap.add_argument(
+        "--loop", choices=LOOPS, default="asyncio", help="event loop (uvloop: glueberry[uvloop])"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("listen")
     p.add_argument("--port", type=int, default=0)
@@ -272,9 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "listen":
-        asyncio.run(listen(args))
+        run(listen(args), args.loop)
         return 0
-    res = asyncio.run(dial(args))
+    res = run(dial(args), args.loop)
     print(json.dumps(res), flush=True)
     return 0
 

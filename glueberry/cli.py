@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, NoReturn, TextIO
 
+from glueberry._loop import LOOPS
+from glueberry._loop import run as run_on_loop
 from glueberry._version import __version__
 from glueberry.errors import (
     ConfigError,
@@ -366,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glueberry {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="event loop: asyncio's own (default) or uvloop (pip install 'glueberry[uvloop]')",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("id", help="create or show an identity key and print its peer ID")
@@ -414,7 +422,10 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "id":
             return cmd_id(args, out)
         coro = {"listen": _listen, "ping": _ping, "demo": _demo}[args.command](args, out)
-        return asyncio.run(coro)
+        try:
+            return run_on_loop(coro, args.loop)
+        except ModuleNotFoundError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from exc
     except CliError as exc:
         print(f"glueberry {args.command}: {exc}", file=sys.stderr)
         return exc.code

@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 
 import glueberry
+from glueberry._loop import LOOPS, run
 from glueberry.config import Config
 from glueberry.node import Node
 from glueberry.wire.identity import PeerId, PrivateKey
@@ -211,6 +212,9 @@ async def dial(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m glueberry.gb_bench_peer", description=__doc__)
+    p.add_argument(
+        "--loop", choices=LOOPS, default="asyncio", help="event loop (uvloop: glueberry[uvloop])"
+    )
     sub = p.add_subparsers(dest="mode", required=True)
     lp = sub.add_parser("listen")
     lp.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
@@ -232,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     coro = listen(args) if args.mode == "listen" else dial(args)
     try:
-        return asyncio.run(coro)
+        return run(coro, args.loop)
     except KeyboardInterrupt:
         return 130
 

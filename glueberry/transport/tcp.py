@@ -58,7 +58,7 @@ import struct
 import termios
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from glueberry.errors import ConnectError, ConnectionLost, ConnectTimeout, LocalProtocolError
 from glueberry.wire.multiaddr import Multiaddr
@@ -153,7 +153,8 @@ class TcpConnection(asyncio.BufferedProtocol):
     # --- asyncio.Protocol callbacks -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Duck-typed: uvloop's TCP transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

@@ -257,6 +257,28 @@ async def test_address_peer_id_must_agree(server: Server, client: QuicTransport)
         await client.dial(server.addr.with_p2p(PrivateKey.generate().peer_id))
 
 
+async def recvfrom(sock: socket.socket, size: int) -> tuple[bytes, tuple[str, int]]:
+    """``sock.recvfrom`` on the running loop (uvloop has no ``loop.sock_recvfrom``)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[tuple[bytes, tuple[str, int]]] = loop.create_future()
+
+    def ready() -> None:
+        if fut.done():
+            return
+        try:
+            fut.set_result(sock.recvfrom(size))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            fut.set_exception(exc)
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        return await fut
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
 class RawClient:
     """A bare aioquic client over its own UDP socket, for handshakes our transport refuses."""
 
@@ -281,7 +303,7 @@ class RawClient:
                         return self.events
                 try:
                     async with asyncio.timeout(0.05):
-                        data, addr = await loop.sock_recvfrom(self.sock, 65536)
+                        data, addr = await recvfrom(self.sock, 65536)
                 except TimeoutError:
                     timer = self.conn.get_timer()
                     if timer is not None and timer <= loop.time():
@@ -575,9 +597,7 @@ async def test_accept_filter_and_raw_datagrams(client: QuicTransport) -> None:
         probe.setblocking(False)
         try:
             lst.endpoint.send_datagram(b"punch", probe.getsockname())
-            data, addr = await asyncio.wait_for(
-                asyncio.get_running_loop().sock_recvfrom(probe, 100), 2
-            )
+            data, addr = await asyncio.wait_for(recvfrom(probe, 100), 2)
             assert data == b"punch" and addr[1] == lst.endpoint.local_address[1]
         finally:
             probe.close()
