@@ -547,7 +547,7 @@ class AutoHandshake:
         self.streams = list(streams)
         self._on_established = on_established
         self._on_failure = on_failure
-        self._sessions: dict[PeerId, asyncio.Queue[bytes]] = {}
+        self._sessions: dict[PeerId, asyncio.Queue[IncomingMessage]] = {}
         self._tasks: dict[PeerId, asyncio.Task[None]] = {}
         self._main: asyncio.Task[None] | None = None
         #: Peers that finished / failed the handshake while this was active.
@@ -582,7 +582,11 @@ class AutoHandshake:
                 if isinstance(ev, EventsDropped):
                     continue
                 if ev.state is ConnectionState.CONNECTED:
-                    self._start(ev.peer_id)
+                    # Events are delivered after the fact: a session may already have run
+                    # and finished on the peer's first message. Only a peer still Connected
+                    # needs one (a stale event must not start a second handshake).
+                    if self.node.connection_state(ev.peer_id) is ConnectionState.CONNECTED:
+                        self._start(ev.peer_id)
                 else:
                     failure = _failure_for(ev)
                     if failure is not None:
@@ -598,7 +602,7 @@ class AutoHandshake:
                         self.node.messages().push_nowait([msg])
                         continue
                     q = self._start(msg.peer_id)
-                q.put_nowait(msg.data)
+                q.put_nowait(msg)
 
         ev_task = asyncio.ensure_future(events())
         msg_task = asyncio.ensure_future(messages())
@@ -611,7 +615,7 @@ class AutoHandshake:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
 
-    def _start(self, peer: PeerId) -> asyncio.Queue[bytes]:
+    def _start(self, peer: PeerId) -> asyncio.Queue[IncomingMessage]:
         q = self._sessions.get(peer)
         if q is not None:
             return q
@@ -631,9 +635,12 @@ class AutoHandshake:
             if self._on_failure is not None:
                 self._on_failure(peer, failure)
 
-    async def _session(self, peer: PeerId, q: asyncio.Queue[bytes]) -> None:
+    async def _session(self, peer: PeerId, q: asyncio.Queue[IncomingMessage]) -> None:
+        async def next_payload() -> bytes:
+            return (await q.get()).data
+
         try:
-            await _drive(self.node, peer, self.streams, q.get)
+            await _drive(self.node, peer, self.streams, next_payload)
         except asyncio.CancelledError:
             raise
         except (GlueberryError, OSError) as exc:
@@ -659,6 +666,16 @@ class AutoHandshake:
                 del self._sessions[peer]
             if self._tasks.get(peer) is asyncio.current_task():
                 del self._tasks[peer]
+            self._hand_back(q)
+
+    def _hand_back(self, q: asyncio.Queue[IncomingMessage]) -> None:
+        """Messages that reached a session after its last handshake step (the peer sent
+        them right behind its Complete) are the application's: into ``node.messages()``."""
+        left: list[IncomingMessage] = []
+        while not q.empty():
+            left.append(q.get_nowait())
+        if left and self.node.is_running:
+            self.node.messages().push_nowait(left)
 
 
 def _log_unexpected(task: asyncio.Task[None]) -> None:

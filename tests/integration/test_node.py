@@ -347,13 +347,19 @@ async def test_message_order_and_concurrent_senders() -> None:
             for i in range(n):
                 await a.send(b.peer_id, "messages", b"%d:%d" % (tag, i))
 
-        await asyncio.gather(*(sender(t) for t in range(4)))
         last = dict.fromkeys(range(4), -1)
-        for _ in range(4 * n):
-            m = await b.messages().get()
-            tag, i = map(int, m.data.split(b":"))
-            assert i == last[tag] + 1
-            last[tag] = i
+
+        async def receiver() -> None:
+            # Concurrently with the senders: 8000 messages are more than the receive queue
+            # and the stream window hold, so a sender would (rightly) block on backpressure.
+            for _ in range(4 * n):
+                m = await b.messages().get()
+                tag, i = map(int, m.data.split(b":"))
+                assert i == last[tag] + 1
+                last[tag] = i
+
+        await asyncio.gather(receiver(), *(sender(t) for t in range(4)))
+        assert last == dict.fromkeys(range(4), n - 1)
 
 
 async def test_backpressure_blocks_sender_without_loss() -> None:
@@ -543,18 +549,20 @@ async def test_handshake_messages_are_never_dropped_by_taps_or_auto() -> None:
         await a.connect(b.peer_id)
         inbox = a.intercept_handshake(b.peer_id)
         async with glueberry.handshake.auto(b, ["m"]) as auto:
-            # a runs the exchange by hand and sends one more message on its open stream
-            # after b has finished: b's auto handshake hands it to the application.
+            # a runs the exchange by hand and sends one more message right behind its
+            # Complete, on the same stream: it reaches b's session after its last step (or
+            # b's tap after the session), and b's auto handshake hands it to the application.
             await a.send(b.peer_id, "handshake", encode_hello())
             assert (await inbox.get()).data == encode_hello()
             assert (await inbox.get()).data[:5] == bytes.fromhex("1481011420")
             await a.send(b.peer_id, "handshake", encode_pubkey(a.public_key))
             await a.prepare_streams(b.peer_id, b.public_key, ["m"])
             await a.send(b.peer_id, "handshake", encode_complete())
+            await a.send(b.peer_id, "handshake", b"after established")
             assert (await inbox.get()).data == encode_complete()
             await wait_for(lambda: auto.established == [a.peer_id])
-            await a.send(b.peer_id, "handshake", b"after established")
             assert (await b.messages().get()).data == b"after established"
+            assert b.connection_state(a.peer_id) is S.ESTABLISHED
             # A tap closed with unread messages hands them back to messages().
             await b.send(a.peer_id, "handshake", b"unread")
             await wait_for(lambda: len(inbox) == 1)
