@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from glueberry.net.services import IdentifyService, PingService
 from glueberry.net.testprotocols import ECHO_PROTOCOL, register_test_protocols
 from glueberry.transport.base import MuxedConnection, Stream
 from glueberry.wire.identity import PeerId, PrivateKey
+from tests.resources import open_sockets
 
 from .hostile import Hostile
 
@@ -149,17 +149,17 @@ def _other_tasks() -> set[asyncio.Task[Any]]:
 async def nothing_left_behind() -> AsyncIterator[None]:
     """B-42: every test ends with the tasks and file descriptors it started with; an
     unclosed socket's ResourceWarning is an error (pyproject's filterwarnings)."""
-    tasks, fds = _other_tasks(), len(os.listdir("/proc/self/fd"))
+    tasks, fds = _other_tasks(), open_sockets()
     yield
     for i in range(100):
-        if _other_tasks() <= tasks and len(os.listdir("/proc/self/fd")) <= fds:
+        if _other_tasks() <= tasks and open_sockets() <= fds:
             break
         if i % 10 == 9:
             gc.collect()
         await asyncio.sleep(0.02)
     gc.collect()  # an unclosed socket's ResourceWarning surfaces here (an error)
     assert _other_tasks() <= tasks
-    assert len(os.listdir("/proc/self/fd")) <= fds
+    assert open_sockets() <= fds
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from glueberry.net.host import Host, HostConfig
 from glueberry.testing import FakeClock
 from glueberry.transport.base import MuxedConnection
 from glueberry.wire.identity import PeerId, PrivateKey
+from tests.resources import open_sockets
 
 from .node_harness import wait_for
 
@@ -36,15 +36,15 @@ def other_tasks() -> set[asyncio.Task[Any]]:
 
 @pytest.fixture(autouse=True)
 async def nothing_left_behind() -> AsyncIterator[None]:
-    tasks, fds = other_tasks(), len(os.listdir("/proc/self/fd"))
+    tasks, fds = other_tasks(), open_sockets()
     yield
     for _ in range(50):
         gc.collect()  # an unclosed socket raises ResourceWarning here (an error)
-        if other_tasks() <= tasks and len(os.listdir("/proc/self/fd")) <= fds:
+        if other_tasks() <= tasks and open_sockets() <= fds:
             break
         await asyncio.sleep(0.02)
     assert other_tasks() <= tasks
-    assert len(os.listdir("/proc/self/fd")) <= fds
+    assert open_sockets() <= fds
 
 
 class Hub:

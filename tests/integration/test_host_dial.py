@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +28,7 @@ from glueberry.net.limits import Limits
 from glueberry.transport.tcp import TcpConnection, TcpListener
 from glueberry.wire.identity import PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
+from tests.resources import open_sockets
 
 from .node_harness import wait_for
 
@@ -50,15 +50,15 @@ def other_tasks() -> set[asyncio.Task[Any]]:
 
 @pytest.fixture(autouse=True)
 async def nothing_left_behind() -> AsyncIterator[None]:
-    tasks, fds = other_tasks(), len(os.listdir("/proc/self/fd"))
+    tasks, fds = other_tasks(), open_sockets()
     yield
     for _ in range(50):
         gc.collect()  # an unclosed socket raises ResourceWarning here (an error)
-        if other_tasks() <= tasks and len(os.listdir("/proc/self/fd")) <= fds:
+        if other_tasks() <= tasks and open_sockets() <= fds:
             break
         await asyncio.sleep(0.02)
     assert other_tasks() <= tasks
-    assert len(os.listdir("/proc/self/fd")) <= fds
+    assert open_sockets() <= fds
 
 
 def closed_port(host: str = "::1") -> str:

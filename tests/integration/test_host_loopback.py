@@ -33,6 +33,7 @@ from glueberry.transport import tcp
 from glueberry.transport.base import MuxedConnection, Stream
 from glueberry.transport.tcp import TcpConnection, TcpListener
 from glueberry.wire.identity import PrivateKey
+from tests.resources import open_sockets
 
 ECHO = "/test/echo/1.0.0"
 
@@ -61,7 +62,7 @@ def make_host(seed: int, listen: str = "/ip4/127.0.0.1/tcp/0", **config: Any) ->
 
 
 def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return open_sockets()
 
 
 def other_tasks() -> set[asyncio.Task[Any]]:
