@@ -10,8 +10,12 @@ SRC := $(wildcard glueberry tests fuzz bench)
 bootstrap:
 	bash scripts/bootstrap.sh
 
+# The whole suite on asyncio's loop, then the suites that drive sockets again on uvloop.
+UVLOOP_SUITES := tests/test_event_loop.py tests/net tests/transport tests/integration tests/peers tests/badinput
+
 test: bootstrap
 	$(PYTEST)
+	GLUEBERRY_TEST_LOOP=uvloop $(PYTEST) --timeout-method=thread $(UVLOOP_SUITES)
 
 test-short: bootstrap
 	$(PYTEST) -m "not slow and not interop and not netns"
