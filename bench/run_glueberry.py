@@ -7,7 +7,10 @@ TCP. Pairings (listener ← dialer), each a fresh pair of processes on 127.0.0.1
 
 - ``py ← py``: ``python3 -m glueberry.gb_bench_peer`` on both sides;
 - ``go ← go``: ``interop/go/bin/gbpeer`` on both sides, Noise (as the Python host);
-- ``go ← py`` and ``py ← go``: the mixed pairs (interop under load).
+- ``go ← py`` and ``py ← go``: the mixed pairs (interop under load);
+- ``uv ← uv``: the Python node on both sides running on uvloop (``--loop uvloop``, the
+  ``glueberry[uvloop]`` extra) instead of asyncio's own loop; skipped when uvloop is not
+  installed or with ``--no-uvloop``.
 
 Rounds are interleaved (each round runs every pairing once, in a rotated order) so the
 pairings of a round share the machine's conditions; each cell is the median over rounds.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -44,6 +48,11 @@ PY = [sys.executable, "-m", "glueberry.gb_bench_peer"]
 GO = [str(GBPEER)]
 SIDES = {
     "py": {"listen": [*PY, "listen"], "dial": [*PY, "dial"], "bench": []},
+    "uv": {
+        "listen": [*PY, "--loop", "uvloop", "listen"],
+        "dial": [*PY, "--loop", "uvloop", "dial"],
+        "bench": [],
+    },
     "go": {
         "listen": [*GO, "listen", "--security", "noise"],
         "dial": [*GO, "dial"],
@@ -51,7 +60,8 @@ SIDES = {
     },
 }
 PAIRS = [("py", "py"), ("go", "go"), ("go", "py"), ("py", "go")]  # (listener, dialer)
-LABEL = {"py": "Python", "go": "Go (gbpeer)"}
+UV_PAIR = ("uv", "uv")
+LABEL = {"py": "Python", "uv": "Python on uvloop", "go": "Go (gbpeer)"}
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -162,27 +172,36 @@ def ratio(raw: dict[str, list[dict[str, Any]]], num: str, den: str, key: str) ->
 
 
 def targets(raw: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """The performance targets (issue 3) against this run: Python <- Python vs Go <- Go."""
-    rows = ["| target | this run | verdict |", "|---|---|---|"]
-    rate = med(list(ratios(raw, "py<-py", "go<-go", "msgs_per_s")))
-    if rate is not None:
-        verdict = "met" + (", aim met" if rate[0] >= 2 else "") if rate[0] >= 1 else "not met"
-        rows.append(f"| 1 KiB msgs/s at least 1× Go's (aim 2×) | {fmt(rate, 2)}× | {verdict} |")
-    rtt = med(list(ratios(raw, "py<-py", "go<-go", "rtt_us_median")))
-    if rtt is not None:
-        verdict = "met" if rtt[0] <= 1.5 else "not met"
-        rows.append(f"| 1 KiB round trip at most 1.5× Go's | {fmt(rtt, 2)}× | {verdict} |")
-    rss = [
-        float(r[k])
-        for r in raw.get("py<-py", [])
-        for k in ("rss_listener_MB", "rss_dialer_MB")
-        if isinstance(r.get(k), int | float)
-    ]
-    if rss:
-        verdict = "met" if max(rss) <= 50 else "not met"
-        rows.append(
-            f"| peak RSS at most 50 MB per node | {max(rss):.0f} MB (largest) | {verdict} |"
-        )
+    """The performance targets (issue 3) against this run: Python <- Python vs Go <- Go, on
+    asyncio's loop and (when measured) on uvloop."""
+    rows = ["| target | loop | this run | verdict |", "|---|---|---|---|"]
+    for key, loop in (("py<-py", "asyncio"), ("uv<-uv", "uvloop")):
+        if not raw.get(key):
+            continue
+        rate = med(list(ratios(raw, key, "go<-go", "msgs_per_s")))
+        if rate is not None:
+            verdict = "met" + (", aim met" if rate[0] >= 2 else "") if rate[0] >= 1 else "not met"
+            rows.append(
+                f"| 1 KiB msgs/s at least 1× Go's (aim 2×) | {loop} | {fmt(rate, 2)}× | {verdict} |"
+            )
+        rtt = med(list(ratios(raw, key, "go<-go", "rtt_us_median")))
+        if rtt is not None:
+            verdict = "met" if rtt[0] <= 1.5 else "not met"
+            rows.append(
+                f"| 1 KiB round trip at most 1.5× Go's | {loop} | {fmt(rtt, 2)}× | {verdict} |"
+            )
+        rss = [
+            float(r[k])
+            for r in raw.get(key, [])
+            for k in ("rss_listener_MB", "rss_dialer_MB")
+            if isinstance(r.get(k), int | float)
+        ]
+        if rss:
+            verdict = "met" if max(rss) <= 50 else "not met"
+            rows.append(
+                f"| peak RSS at most 50 MB per node | {loop} | {max(rss):.0f} MB (largest) "
+                f"| {verdict} |"
+            )
     return rows
 
 
@@ -232,9 +251,11 @@ def section(raw: dict[str, list[dict[str, Any]]], a: argparse.Namespace, started
         "| RTT median / p99 µs | RSS MB listener / dialer | CPU µs/msg (both ends) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for lis, dia in PAIRS:
+    for lis, dia in [*PAIRS, UV_PAIR]:
         key = f"{lis}<-{dia}"
         runs = raw.get(key, [])
+        if not runs and (lis, dia) == UV_PAIR:
+            continue
         s = {k: med([metric(r, k) for r in runs]) for k in [*KEYS, "cpu_us_per_msg"]}
         rtt = (
             "—"
@@ -263,6 +284,18 @@ def section(raw: dict[str, list[dict[str, Any]]], a: argparse.Namespace, started
             for k in ("msgs_per_s", "bulk_MBps", "rtt_us_median", "cpu_us_per_msg")
         )
         + " |",
+        *(
+            [
+                "| Python on uvloop (both sides) vs Go ← Go | "
+                + " | ".join(
+                    ratio(raw, "uv<-uv", "go<-go", k)
+                    for k in ("msgs_per_s", "bulk_MBps", "rtt_us_median", "cpu_us_per_msg")
+                )
+                + " |"
+            ]
+            if raw.get("uv<-uv")
+            else []
+        ),
         "",
         "Targets (Python ← Python against Go ← Go, medians of the per-round ratios):",
         "",
@@ -281,6 +314,9 @@ def section(raw: dict[str, list[dict[str, Any]]], a: argparse.Namespace, started
         "the per-message ChaCha20-Poly1305 call (2-3 µs per 1 KiB here) and, for round trips, the",
         "Python cost of the layers (TCP, Noise, yamux, Glueberry: two loop iterations per side)",
         "on a single thread per process, where Go's runtime also spreads work over both cores.",
+        "Round trips between two processes vary run to run on virtual machines (a sleeping",
+        "process may wake hundreds of µs late; Go's scheduler spins before it parks): compare",
+        "several runs before reading the RTT ratio.",
         END,
     ]
     return "\n".join(out)
@@ -308,7 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
+    p.add_argument("--no-uvloop", action="store_true", help="skip the uvloop pairing")
     a = p.parse_args(argv)
+    pairs = list(PAIRS)
+    if not a.no_uvloop:
+        if importlib.util.find_spec("uvloop") is None:
+            print("uvloop is not installed: the uvloop pairing is skipped", flush=True)
+        else:
+            pairs.append(UV_PAIR)
     a.command = "python3 bench/run_glueberry.py " + " ".join(argv or sys.argv[1:])
     if not os.access(GBPEER, os.X_OK):
         print(f"{GBPEER.relative_to(ROOT)} is missing: run interop/build.sh", file=sys.stderr)
@@ -331,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, list[dict[str, Any]]] = {}
     errors: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
-        order = PAIRS[rnd % len(PAIRS) :] + PAIRS[: rnd % len(PAIRS)]
+        order = pairs[rnd % len(pairs) :] + pairs[: rnd % len(pairs)]
         for lis, dia in order:
             key = f"{lis}<-{dia}"
             print(f"round {rnd + 1}/{a.rounds}: {LABEL[lis]} <- {LABEL[dia]}", flush=True)
