@@ -206,9 +206,12 @@ class MessageQueue:
     its capacity by at most one batch per reader; a batch is bounded by one yamux window).
     Consumers iterate: ``async for msg in queue``. Iteration ends after :meth:`close` once
     the queue is drained. Several consumers split the messages between them.
+
+    Like :class:`asyncio.Queue`, a queue is bound to the event loop of its first wait
+    (asking asyncio for the running loop costs a ``getpid`` system call per wait).
     """
 
-    __slots__ = ("_buf", "_capacity", "_closed", "_getters", "_on_close", "_putters")
+    __slots__ = ("_buf", "_capacity", "_closed", "_getters", "_loop", "_on_close", "_putters")
 
     def __init__(
         self, capacity: int, *, on_close: Callable[[MessageQueue], None] | None = None
@@ -221,10 +224,17 @@ class MessageQueue:
         self._putters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._on_close = on_close
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    def _future(self) -> asyncio.Future[None]:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.create_future()
 
     @property
     def closed(self) -> bool:
@@ -247,7 +257,7 @@ class MessageQueue:
         while len(buf) >= self._capacity:
             if self._closed:
                 return False
-            fut = asyncio.get_running_loop().create_future()
+            fut = self._future()
             self._putters.append(fut)
             try:
                 await fut
@@ -329,7 +339,7 @@ class MessageQueue:
         while not buf:
             if self._closed:
                 raise StreamClosed("message queue is closed")
-            fut = asyncio.get_running_loop().create_future()
+            fut = self._future()
             self._getters.append(fut)
             try:
                 await fut
@@ -359,7 +369,7 @@ class MessageQueue:
         while not buf:
             if self._closed:
                 raise StopAsyncIteration
-            fut = asyncio.get_running_loop().create_future()
+            fut = self._future()
             self._getters.append(fut)
             try:
                 await fut
