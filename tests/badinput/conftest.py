@@ -19,7 +19,7 @@ from glueberry.net.services import IdentifyService, PingService
 from glueberry.net.testprotocols import ECHO_PROTOCOL, register_test_protocols
 from glueberry.transport.base import MuxedConnection, Stream
 from glueberry.wire.identity import PeerId, PrivateKey
-from tests.resources import open_sockets
+from tests.resources import nothing_left_behind  # noqa: F401 (an autouse fixture)
 
 from .hostile import Hostile
 
@@ -139,27 +139,6 @@ async def fast_target() -> AsyncIterator[Target]:
     """A target with 1 s deadlines, for the tests that wait for them."""
     async with running_target(config(**FAST)) as t:
         yield t
-
-
-def _other_tasks() -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
-
-
-@pytest.fixture(autouse=True)
-async def nothing_left_behind() -> AsyncIterator[None]:
-    """B-42: every test ends with the tasks and file descriptors it started with; an
-    unclosed socket's ResourceWarning is an error (pyproject's filterwarnings)."""
-    tasks, fds = _other_tasks(), open_sockets()
-    yield
-    for i in range(100):
-        if _other_tasks() <= tasks and open_sockets() <= fds:
-            break
-        if i % 10 == 9:
-            gc.collect()
-        await asyncio.sleep(0.02)
-    gc.collect()  # an unclosed socket's ResourceWarning surfaces here (an error)
-    assert _other_tasks() <= tasks
-    assert open_sockets() <= fds
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,7 @@ nothing is left behind."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +15,7 @@ from glueberry.net.host import Host, HostConfig
 from glueberry.testing import FakeClock
 from glueberry.transport.base import MuxedConnection
 from glueberry.wire.identity import PeerId, PrivateKey
-from tests.resources import open_sockets
+from tests.resources import nothing_left_behind  # noqa: F401 (an autouse fixture)
 
 from .node_harness import wait_for
 
@@ -28,23 +26,6 @@ def make_host(seed: int, listen: bool = False, **config: Any) -> Host:
         listen_addrs=["/ip4/127.0.0.1/tcp/0"] if listen else [],
         config=HostConfig(**config),
     )
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
-
-
-@pytest.fixture(autouse=True)
-async def nothing_left_behind() -> AsyncIterator[None]:
-    tasks, fds = other_tasks(), open_sockets()
-    yield
-    for _ in range(50):
-        gc.collect()  # an unclosed socket raises ResourceWarning here (an error)
-        if other_tasks() <= tasks and open_sockets() <= fds:
-            break
-        await asyncio.sleep(0.02)
-    assert other_tasks() <= tasks
-    assert open_sockets() <= fds
 
 
 class Hub:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +27,7 @@ from glueberry.net.limits import Limits
 from glueberry.transport.tcp import TcpConnection, TcpListener
 from glueberry.wire.identity import PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
-from tests.resources import open_sockets
+from tests.resources import nothing_left_behind  # noqa: F401 (an autouse fixture)
 
 from .node_harness import wait_for
 
@@ -42,23 +41,6 @@ def make_host(seed: int, *listen: str, **config: Any) -> Host:
         listen_addrs=list(listen),
         config=HostConfig(**config),
     )
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
-
-
-@pytest.fixture(autouse=True)
-async def nothing_left_behind() -> AsyncIterator[None]:
-    tasks, fds = other_tasks(), open_sockets()
-    yield
-    for _ in range(50):
-        gc.collect()  # an unclosed socket raises ResourceWarning here (an error)
-        if other_tasks() <= tasks and open_sockets() <= fds:
-            break
-        await asyncio.sleep(0.02)
-    assert other_tasks() <= tasks
-    assert open_sockets() <= fds
 
 
 def closed_port(host: str = "::1") -> str:
