@@ -15,13 +15,12 @@ A missing go peer is a failure, never a skip (see tests/interop/conftest.py).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 
 import pytest
 
 from glueberry.errors import GlueberryError, PeerIdMismatch
-from glueberry.net.negotiate import handle_protocol, select_protocol
+from glueberry.net.negotiate import handle_protocol
 from glueberry.net.testprotocols import (
     CLOSE_PROTOCOL,
     ECHO_PROTOCOL,
@@ -43,37 +42,16 @@ from glueberry.proto.identify import (
     build_identify,
 )
 from glueberry.proto.ping import PING_PROTOCOL
-from glueberry.transport.base import Stream
 from glueberry.transport.quic import QuicConnection, QuicStream, QuicTransport
 from glueberry.wire.identity import PeerId, PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
 from tests.interop.conftest import DialerFactory, ListenerFactory
+from tests.interop.quic_helpers import open_protocol, quic_ping
 
 pytestmark = pytest.mark.interop
 
 MIB = 1024 * 1024
 TRANSFER = 64 * MIB
-
-
-async def open_protocol(conn: QuicConnection, protocol: str) -> Stream:
-    stream = await conn.open_stream()
-    proto, trailing = await select_protocol(stream, [protocol])
-    assert proto == protocol
-    return with_prefix(stream, trailing)
-
-
-async def ping(conn: QuicConnection, count: int) -> list[float]:
-    stream = await open_protocol(conn, PING_PROTOCOL)
-    loop = asyncio.get_running_loop()
-    rtts = []
-    for _ in range(count):
-        payload = os.urandom(32)
-        start = loop.time()
-        await stream.write(payload)
-        assert await stream.readexactly(32) == payload
-        rtts.append(loop.time() - start)
-    await stream.close()
-    return rtts
 
 
 async def read_identify(conn: QuicConnection) -> IdentifyReceived:
@@ -123,7 +101,7 @@ async def test_python_dials_go_over_quic(
         assert str(info.observed_addr).endswith(f"/udp/{conn.local_address[1]}/quic-v1")
         assert info.listen_addrs and all(a.transport_kind() == "quic-v1" for a in info.listen_addrs)
 
-        rtts = await ping(conn, 5)
+        rtts = await quic_ping(conn, 5)
         assert len(rtts) == 5 and max(rtts) < 1.0
 
         async def echo(i: int) -> None:
@@ -160,7 +138,7 @@ async def test_python_refuses_the_wrong_go_peer(
         await transport.dial(addr, PrivateKey.generate().peer_id)
     # The go listener is unharmed: a correct dial works.
     conn = await transport.dial(listener.addr)
-    assert (await ping(conn, 1))[0] < 1.0
+    assert (await quic_ping(conn, 1))[0] < 1.0
     await conn.close()
 
 

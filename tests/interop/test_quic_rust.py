@@ -35,7 +35,7 @@ import pytest
 
 from glueberry.errors import GlueberryError, PeerIdMismatch
 from glueberry.net.host import Host, HostConfig
-from glueberry.net.negotiate import handle_protocol, select_protocol
+from glueberry.net.negotiate import handle_protocol
 from glueberry.net.services import IdentifyService, PingService
 from glueberry.net.testprotocols import (
     CLOSE_PROTOCOL,
@@ -61,12 +61,12 @@ from glueberry.proto.identify import (
     make_signed_peer_record,
 )
 from glueberry.proto.ping import PING_PROTOCOL
-from glueberry.transport.base import Stream
 from glueberry.transport.quic import QuicConnection, QuicStream, QuicTransport
 from glueberry.wire import pb_identify, varint
 from glueberry.wire.identity import PeerId, PrivateKey
 from glueberry.wire.multiaddr import Multiaddr
 from tests.interop.conftest import RUST_PEER, DialerFactory, Listener, ListenerFactory
+from tests.interop.quic_helpers import open_protocol, quic_ping
 
 pytestmark = pytest.mark.interop
 
@@ -217,27 +217,6 @@ async def quic_node() -> AsyncIterator[QuicNode]:
         yield node
     finally:
         await node.close()
-
-
-async def open_protocol(conn: QuicConnection, protocol: str) -> Stream:
-    stream = await conn.open_stream()
-    proto, trailing = await select_protocol(stream, [protocol])
-    assert proto == protocol
-    return with_prefix(stream, trailing)
-
-
-async def quic_ping(conn: QuicConnection, count: int) -> list[float]:
-    stream = await open_protocol(conn, PING_PROTOCOL)
-    loop = asyncio.get_running_loop()
-    rtts = []
-    for _ in range(count):
-        payload = os.urandom(32)
-        start = loop.time()
-        await stream.write(payload)
-        assert await stream.readexactly(32) == payload
-        rtts.append(loop.time() - start)
-    await stream.close()
-    return rtts
 
 
 async def quic_identify(conn: QuicConnection) -> tuple[IdentifyInfo, bytes]:
