@@ -669,8 +669,10 @@ class AutoHandshake:
             self._hand_back(q)
 
     def _hand_back(self, q: asyncio.Queue[IncomingMessage]) -> None:
-        """Messages that reached a session after its last handshake step (the peer sent
-        them right behind its Complete) are the application's: into ``node.messages()``."""
+        """Messages left in a session's queue when it ends are the application's, as they
+        would be without ``auto``: into ``node.messages()``. After a success they are what
+        the peer sent right behind its Complete; after a failure or :meth:`close`, the
+        handshake messages the session did not read (nothing is dropped unseen)."""
         left: list[IncomingMessage] = []
         while not q.empty():
             left.append(q.get_nowait())
