@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -182,7 +183,21 @@ class YamuxStream:
 
     def read_nowait(self) -> bytes:
         """Everything buffered, or ``b""`` when nothing is (never waits, never raises)."""
-        return self._take(-1) if self._buffered else b""
+        n = self._buffered
+        if not n:
+            return b""
+        chunks = self._chunks
+        if len(chunks) == 1 and not self._head_off:  # one read's worth: the push path
+            self._buffered = 0
+            data = chunks.popleft()
+            conn = self._conn
+            if conn._streams.get(self.stream_id) is self:  # _consumed(), inline
+                session = conn._session
+                session.consume(self.stream_id, n)
+                if session.bytes_to_send:
+                    conn._want_flush()
+            return data
+        return self._take(-1)
 
     def __aiter__(self) -> YamuxStream:
         return self
@@ -298,12 +313,20 @@ class YamuxStream:
         if self._write_state:  # not _OPEN
             raise self._write_error()
         conn = self._conn
+        if conn._since_drain >= DRAIN_INTERVAL:
+            return False
         session = conn._session
         n = len(data) if type(data) is not memoryview else data.nbytes
-        if conn._since_drain >= DRAIN_INTERVAL or session.send_window(self.stream_id) < n:
-            return False
-        session.send_data(self.stream_id, data)
-        conn._flush_now()
+        header = session.data_frame_now(self.stream_id, n) if not conn._lost else None
+        if header is None:  # something queued, a short window, a large write: the long way
+            if session.send_window(self.stream_id) < n:
+                return False
+            session.send_data(self.stream_id, data)
+            conn._flush_now()
+            return True
+        # Latency path: one frame, nothing queued before it: header and payload go to the
+        # secured connection in one piece, without the session's queue.
+        conn._write_now(header + data)
         return True
 
     async def _write_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
@@ -472,8 +495,19 @@ class YamuxConnection:
         on_stream: StreamCallback,
         config: YamuxConfig | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        # The loop's clock, read once per received chunk. asyncio's own loop reads
+        # time.monotonic() through a Python method; calling that directly is the same clock
+        # without the frame. Any other loop (uvloop, a test clock) keeps its own time().
+        self._clock: Callable[[], float] = (
+            time.monotonic
+            if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
+            else loop.time
+        )
         self._secure = secure
+        self._secure_write_now: Callable[[bytes | bytearray], None] | None = getattr(
+            secure, "write_now", None
+        )
         # Every inbound stream goes to on_stream at once, so the session acknowledges it as
         # its SYN arrives: a burst of SYNs in one read is bounded by max_inbound_streams,
         # not by the accept backlog of streams nobody has looked at yet.
@@ -606,13 +640,18 @@ class YamuxConnection:
     def data_received(self, data: bytes | memoryview) -> None:
         if self._terminated or self._lost:
             return
+        session = self._session
         try:
-            self._session.receive_data(data, self._loop.time())
+            session.receive_data(data, self._clock())
         except RemoteProtocolError as exc:
             logger.debug("yamux protocol error from %s: %s", self.remote_peer, exc)
         self._dispatch()
-        self._flush()
-        self._rearm_timer()
+        if session.bytes_to_send:
+            self._flush()
+        if self._timer is None:
+            # Received bytes only move the keepalive deadline later (or start the clock);
+            # an armed timer re-arms itself from the session when it fires.
+            self._rearm_timer()
 
     def eof_received(self) -> None:
         if not self._terminated:
@@ -636,8 +675,10 @@ class YamuxConnection:
     def _dispatch(self) -> None:
         streams = self._streams
         session = self._session
-        for ev in session.events():
-            if isinstance(ev, _DataReceived):
+        events = session.event_queue
+        while events:
+            ev = events.popleft()
+            if type(ev) is _DataReceived:
                 st = streams.get(ev.stream_id)
                 if st is not None:
                     st._feed(ev.data)
@@ -760,9 +801,13 @@ class YamuxConnection:
         data = self._session.data_to_send()
         if not data or self._lost:
             return
+        self._write_now(data)
+
+    def _write_now(self, data: bytes | bytearray) -> None:
+        """Hand ``data`` (whole frames) to the secured connection, to be written now."""
         secure = self._secure
         try:
-            write_now = getattr(secure, "write_now", None)
+            write_now = self._secure_write_now
             if write_now is not None:
                 write_now(data)
             else:

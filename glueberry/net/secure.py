@@ -70,6 +70,10 @@ logger = logging.getLogger(__name__)
 #: (the TCP transport reads at most 128 KiB) plus a frame left over from the previous one;
 #: a larger chunk (another raw transport) is decrypted into fresh memory instead.
 SCRATCH_SIZE: Final = 128 * 1024 + MAX_MESSAGE_LENGTH + 2
+#: Reads up to this size are decrypted into a fresh ``bytes`` (one small allocation) rather
+#: than into the scratch buffer: for a lone small frame (a request, a reply) the scratch
+#: path's slicing costs more than the copy it saves.
+SMALL_READ: Final = 4096
 #: Handshake deadline when the caller gives none (go: 15 s accept timeout, rust: 10 s).
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 15.0
 DEFAULT_MUXERS: Final = ("/yamux/1.0.0",)
@@ -160,7 +164,12 @@ class NoiseConnection:
             self.write(data)
             self.flush()
             return
-        self._raw.write(self._encrypt(data))
+        try:
+            out = self._tx.seal(data)
+        except SecurityError as exc:
+            self._fail(exc)
+            raise ConnectionLost("secure connection failed") from exc
+        self._raw.write(out)
 
     def _write_frames(self, data: bytes | bytearray | memoryview) -> None:
         """Seal and write every full frame ``buf + data`` holds; keep the tail in ``buf``.
@@ -364,7 +373,8 @@ class _RawSide:
     Zero-copy path (both neighbours opt in with ``receives_memoryview = True``): the raw
     connection lends a view of its receive buffer, the frames are decrypted in place into
     :class:`_Scratch`, and the receiver gets a view of that, valid during the call only.
-    Otherwise the plaintext is a fresh ``bytes`` object.
+    Otherwise, and for every read of at most :data:`SMALL_READ` bytes, the plaintext is a
+    fresh ``bytes`` object.
     """
 
     __slots__ = ("_borrow", "_conn", "_decrypt", "_decrypt_into", "_deliver", "_receiver", "_tx")
@@ -383,17 +393,22 @@ class _RawSide:
         self._borrow = getattr(type(receiver), "receives_memoryview", False) is True
 
     def data_received(self, data: bytes | memoryview) -> None:
-        scratch = _scratch
         try:
-            if self._borrow and not scratch.busy and len(data) + self._tx.buffered <= SCRATCH_SIZE:
-                n = self._decrypt_into(data, scratch.view)
-                if n:
-                    scratch.busy = True
-                    try:
-                        self._deliver(scratch.view[:n])  # type: ignore[arg-type]
-                    finally:
-                        scratch.busy = False
-                return
+            if len(data) > SMALL_READ:
+                scratch = _scratch
+                if (
+                    self._borrow
+                    and not scratch.busy
+                    and len(data) + self._tx.buffered <= SCRATCH_SIZE
+                ):
+                    n = self._decrypt_into(data, scratch.view)
+                    if n:
+                        scratch.busy = True
+                        try:
+                            self._deliver(scratch.view[:n])  # type: ignore[arg-type]
+                        finally:
+                            scratch.busy = False
+                    return
             plaintext = self._decrypt(data)
         except SecurityError as exc:
             self._conn._fail(exc)

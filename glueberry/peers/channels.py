@@ -838,25 +838,31 @@ class ChannelManager:
             return None
         if not ch.burst:  # first message of this loop iteration: out at once
             ch.burst = True
-            self._loop.call_soon(self._end_burst, peer, ch)
             rec = ch.primary
             if rec is not None and rec.write_nowait is not None:
                 # The whole batch (this message) to the socket now, if nothing has to wait.
+                # The end-of-iteration callback is scheduled after the write: it is not on
+                # the way of a reply.
                 data = ch.pending
                 try:
                     written = rec.write_nowait(data)
                 except (StreamError, TransportError, LocalProtocolError) as exc:
+                    self._loop.call_soon(self._end_burst, peer, ch)
                     self._drop_stream(ch, rec, reset=True)
                     err = _as_stream_error(exc, peer, ch.name)
                     if rec.budget is not None:  # a relay limit ended the connection?
                         err = rec.budget.error(peer, ch.name) or err
                     self._fail_pending(ch, err)
                     raise err from exc
+                self._loop.call_soon(self._end_burst, peer, ch)
                 if written:
                     ch.pending = bytearray()
                     ch.pending_count = 0
-                    self._after_write(rec)
+                    if rec.close_after_write:
+                        self._after_write(rec)
                     return None
+            else:
+                self._loop.call_soon(self._end_burst, peer, ch)
             return self._flush(peer, ch, True)
         if len(buf) >= COALESCE_BYTES:
             return self._flush(peer, ch)
@@ -1380,7 +1386,7 @@ class _Reader:
             return _NO_MESSAGES, failures, error
         now = self.wall()
         count = len(msgs)
-        nbytes = sum(map(len, msgs))
+        nbytes = len(msgs[0]) if count == 1 else sum(map(len, msgs))
         c = self.counters
         c.messages_received += count
         c.bytes_received += nbytes
@@ -1389,6 +1395,8 @@ class _Reader:
         if mgr._metrics_on:
             mgr._metrics.message_received(self.name, nbytes, count)
         peer, name, im = self.peer, self.name, IncomingMessage
+        if count == 1:  # a lone message (request/response traffic): no comprehension frame
+            return [_new(im, (peer, name, msgs[0], now))], failures, error
         return [_new(im, (peer, name, m, now)) for m in msgs], failures, error
 
     async def run(self) -> bool:

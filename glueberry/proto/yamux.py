@@ -97,6 +97,11 @@ from glueberry.proto.yamux_frames import (
 logger = logging.getLogger(__name__)
 
 _pack_len = struct.Struct(">I").pack_into
+# DataReceived is built once per read on the data path: the slots are filled through their
+# descriptors, which a frozen dataclass's __setattr__ does not guard (no Python frame).
+_new_object = object.__new__
+_set_stream_id = vars(DataReceived)["stream_id"].__set__
+_set_data = vars(DataReceived)["data"].__set__
 _pack = HEADER.pack
 _unpack_from = HEADER.unpack_from
 
@@ -163,6 +168,9 @@ class YamuxSession:
         self._next_id = 1 if is_client else 2
         self._streams: dict[int, _Stream] = {}
         self._events: deque[YamuxEvent] = deque()
+        #: The pending events themselves, oldest first, for a driver that pops them in a
+        #: loop (no generator per read). Popping from it is the same as :meth:`events`.
+        self.event_queue = self._events
         # Outbound frames as chunks (headers, payload references), joined once per
         # data_to_send(): one copy of the payload in all, and no large buffer regrown and
         # freed per batch.
@@ -333,7 +341,10 @@ class YamuxSession:
                 session is terminated and its final events are queued.
         """
         if now is not None:
-            self._touch(now)
+            if self._clock_started:
+                self._now = now
+            else:
+                self._touch(now)
         if self._terminated:
             return
         if not data:
@@ -404,6 +415,27 @@ class YamuxSession:
                 _pack_len(self._tail_hdr, 8, tail)
                 return n
         return self._send_data(st, stream_id, data)
+
+    def data_frame_now(self, stream_id: int, n: int) -> bytes | None:
+        """The header of a Data frame of ``n`` bytes the caller sends itself, right now.
+
+        The latency path of :meth:`send_data`: when nothing else is queued for the peer, the
+        stream is open for writing and its send window takes all ``n`` (``0 < n`` and at
+        most one frame), the window is charged and the 12-byte header is returned; the
+        caller must put ``header ‖ payload`` on the wire before anything else. Otherwise
+        nothing changes and ``None`` is returned: use :meth:`send_data`.
+        """
+        st = self._streams.get(stream_id)
+        if (
+            st is None
+            or not st.writable
+            or self._out
+            or not 0 < n <= st.send_window
+            or n > self._max_payload
+        ):
+            return None
+        st.send_window -= n
+        return _pack(0, TYPE_DATA, 0, stream_id, n)
 
     def _send_data(
         self, st: _Stream | None, stream_id: int, data: bytes | bytearray | memoryview
@@ -872,7 +904,10 @@ class YamuxSession:
         pend = self._pend
         data = bytes(pend[0]) if len(pend) == 1 else b"".join(pend)
         pend.clear()
-        self._events.append(DataReceived(stream_id=self._pend_sid, data=data))
+        ev = _new_object(DataReceived)  # the frozen dataclass without its Python __init__
+        _set_stream_id(ev, self._pend_sid)
+        _set_data(ev, data)
+        self._events.append(ev)
 
     def _fail(self, message: str) -> NoReturn:
         """A protocol violation: GoAway(1), terminate, raise."""

@@ -145,6 +145,24 @@ async def test_write_nowait_sends_at_once_or_not_at_all() -> None:
             local.write_nowait(b"late")
 
 
+async def test_write_nowait_goes_behind_frames_already_queued() -> None:
+    """The one-frame latency path is taken only when nothing is queued on the connection;
+    otherwise the queued frames (here another stream's) go out first, in the same write."""
+    async with yamux_harness(YamuxConfig(window_growth="off")) as h:
+        local, remote = await h.open()
+        other, remote_other = await h.open()
+        await asyncio.sleep(0.01)
+        before = h.secure[0].write_calls
+        assert local.write_nowait(b"alone")  # nothing queued: header and payload at once
+        assert h.secure[0].write_calls == before + 1
+        await other.write(b"queued")  # queued for the end of the iteration
+        assert h.secure[0].write_calls == before + 1
+        assert local.write_nowait(b"behind")  # flushes the queue, then itself, one write
+        assert h.secure[0].write_calls == before + 2
+        assert await remote.readexactly(11) == b"alonebehind"
+        assert await remote_other.readexactly(6) == b"queued"
+
+
 async def test_noise_write_now_keeps_order_with_queued_writes() -> None:
     a, b = memory_pair()
     counted = CountingRaw(a)

@@ -57,9 +57,13 @@ class Borrower(Plain):
     def __init__(self) -> None:
         super().__init__()
         self.types: set[type] = set()
+        #: Sizes of the plaintexts that came as ``bytes`` rather than borrowed.
+        self.fresh: list[int] = []
 
     def data_received(self, data: bytes) -> None:
         self.types.add(type(data))
+        if type(data) is bytes:
+            self.fresh.append(len(data))
         self.chunks.append(bytes(data))
         if isinstance(data, memoryview) and not data.readonly:
             data[:] = b"\xee" * len(data)  # whoever kept a reference now sees garbage
@@ -98,7 +102,9 @@ async def test_tcp_lends_views_only_to_receivers_that_opt_in(
     if receiver_type is Plain:
         assert {type(c) for c in rec.chunks} == {bytes}
     else:
-        assert isinstance(rec, Borrower) and rec.types == {memoryview}
+        # Borrowed, except the plaintext of a small read (SMALL_READ: a lone short frame).
+        assert isinstance(rec, Borrower) and memoryview in rec.types
+        assert all(n <= secure_mod.SMALL_READ for n in rec.fresh)
 
 
 async def test_tcp_pull_mode_gets_owned_bytes(
@@ -145,7 +151,9 @@ async def test_noise_decrypts_in_place_for_receivers_that_opt_in(
     if receiver_type is Plain:
         assert {type(x) for x in rec.chunks} == {bytes}
     else:
-        assert isinstance(rec, Borrower) and rec.types == {memoryview}
+        # Borrowed, except the plaintext of a small read (SMALL_READ: a lone short frame).
+        assert isinstance(rec, Borrower) and memoryview in rec.types
+        assert all(n <= secure_mod.SMALL_READ for n in rec.fresh)
 
 
 async def test_noise_nested_delivery_does_not_reuse_the_busy_buffer() -> None:
@@ -250,10 +258,31 @@ async def test_noise_chunk_larger_than_the_scratch_buffer_gets_fresh_memory() ->
     )
     rec = Borrower()
     side = secure_mod._RawSide(s, rec)  # the raw side, fed by hand with chosen chunk sizes
-    small, big = os.urandom(100), os.urandom(2 * secure_mod.SCRATCH_SIZE)
-    side.data_received(c._tx.encrypt(small))
+    medium, big = os.urandom(2 * secure_mod.SMALL_READ), os.urandom(2 * secure_mod.SCRATCH_SIZE)
+    side.data_received(c._tx.encrypt(medium))
+    assert rec.types == {memoryview}  # decrypted into the scratch buffer
     side.data_received(c._tx.encrypt(big))
-    assert b"".join(rec.chunks) == small + big
+    assert b"".join(rec.chunks) == medium + big
     assert rec.types == {memoryview, bytes}
+    c.abort()
+    s.abort()
+
+
+async def test_noise_small_read_is_delivered_as_bytes() -> None:
+    """A read of at most SMALL_READ bytes (a lone request or reply) is decrypted into a
+    fresh ``bytes``, not into the scratch buffer; a larger one is borrowed."""
+    a, b = memory_pair()
+    c, s = await asyncio.gather(
+        secure_outbound(a, ALICE, BOB.peer_id, (), 5), secure_inbound(b, BOB, (), 5)
+    )
+    rec = Borrower()
+    side = secure_mod._RawSide(s, rec)
+    small = os.urandom(secure_mod.SMALL_READ - 2 - 16)  # one frame of exactly SMALL_READ
+    side.data_received(c._tx.encrypt(small))
+    assert rec.types == {bytes}
+    larger = os.urandom(secure_mod.SMALL_READ)
+    side.data_received(c._tx.encrypt(larger))
+    assert rec.types == {bytes, memoryview}
+    assert b"".join(rec.chunks) == small + larger
     c.abort()
     s.abort()

@@ -285,9 +285,10 @@ def test_handshake_stream_protocol_id() -> None:
 
 
 class CodecOnly(FrameDecoder):
-    """The decoder without its inline path: every buffer goes to the general scanner."""
+    """The decoder without its inline paths: every buffer goes to the general scanner."""
 
     __slots__ = ()
+    _one_frame_inline = False
 
     def _scan(self, buf: bytes | bytearray | memoryview, pos: int, offsets: list[int]) -> int:
         return self._scan_codec(buf, pos, offsets)
@@ -366,6 +367,46 @@ def test_fast_path_matches_the_codec(case: tuple[bytes, list[int], bool, int]) -
     fast = FrameDecoder.for_encrypted if encrypted else FrameDecoder.for_handshake
     codec = CodecOnly.for_encrypted if encrypted else CodecOnly.for_handshake
     assert _run(fast(limit), chunks, encrypted) == _run(codec(limit), chunks, encrypted)
+
+
+@st.composite
+def single_frames(draw: st.DrawFn) -> tuple[bytes, int]:
+    """One encrypted frame, whole, with at most two bytes of its header or tail changed."""
+    size = draw(st.one_of(st.integers(0, 140), st.integers(16300, 16400), st.integers(900, 1100)))
+    data = bytearray(gb_framing.encode_encrypted_frame(DIFF_CIPHER, bytes(size)))
+    for _ in range(draw(st.integers(0, 2))):
+        i = draw(st.sampled_from([0, 1, 2, 3, len(data) - 1]))
+        data[i % len(data)] = draw(st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0x81, 0xFF]))
+    if draw(st.booleans()):
+        data += draw(st.sampled_from([b"", b"\x00", b"\x01\x00"]))
+    limit = draw(st.sampled_from([0, 100, 1000, 16384, 1 << 20]))
+    return bytes(data), limit
+
+
+@settings(max_examples=400, deadline=None)
+@given(single_frames())
+def test_one_frame_read_matches_the_codec(case: tuple[bytes, int]) -> None:
+    """A read holding exactly one frame (the request/response path) is decided inline: same
+    payload, failure or error as the general scanner, valid or not."""
+    data, limit = case
+    fast = _run(FrameDecoder.for_encrypted(limit), [data], True)
+    assert fast == _run(CodecOnly.for_encrypted(limit), [data], True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # two-byte L = 135, one-byte N = 5 followed by 0x01: read as a two-byte N, 5 | 1 << 7
+        # would "fill" the frame; N = 5 does not.
+        b"\x87\x01\x05\x01" + bytes(133),
+        b"\x87\x01\x85\x00" + bytes(133),  # N = 5 in a non-minimal two-byte varint
+        b"\x03\x02\x00\x00",  # one-byte L and N, N one short of filling the frame
+        b"\x02\x01\x00",  # the smallest frame with a payload, too short to decrypt
+    ],
+)
+def test_one_frame_read_near_misses(data: bytes) -> None:
+    fast = _run(FrameDecoder.for_encrypted(1000), [data], True)
+    assert fast == _run(CodecOnly.for_encrypted(1000), [data], True)
 
 
 @settings(max_examples=60, deadline=None)

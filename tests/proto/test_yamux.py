@@ -193,6 +193,42 @@ def test_write_to_inbound_stream_acks_implicitly() -> None:
     ]
 
 
+def test_data_frame_now_charges_the_window_and_returns_the_header() -> None:
+    c, s = client(), server()
+    sid = c.open_stream()
+    assert c.data_frame_now(sid, 3) is None  # the SYN is still queued: it must go first
+    s.receive_data(c.data_to_send(), 0.0)
+    s.accept_stream(sid)
+    list(s.events())
+    header = c.data_frame_now(sid, 3)
+    assert header is not None
+    assert parse_frames(header + b"abc") == [(TYPE_DATA, 0, sid, 3, b"abc")]
+    assert c.send_window(sid) == INITIAL_STREAM_WINDOW - 3
+    assert c.data_to_send() == b""  # nothing queued: the caller sends the frame itself
+    s.receive_data(header + b"abc", 0.0)
+    assert list(s.events()) == [DataReceived(stream_id=sid, data=b"abc")]
+
+
+def test_data_frame_now_declines_what_send_data_must_handle() -> None:
+    c = client()
+    sid = c.open_stream()
+    c.data_to_send()
+    assert c.data_frame_now(sid, 0) is None  # nothing to send
+    assert c.data_frame_now(sid, INITIAL_STREAM_WINDOW + 1) is None  # beyond the window
+    assert c.data_frame_now(sid, 64 * KIB) is None  # more than one frame
+    assert c.data_frame_now(99, 3) is None  # unknown stream
+    c.send_data(sid, b"x")
+    assert c.data_frame_now(sid, 3) is None  # a frame is queued: order first
+    assert c.send_window(sid) == INITIAL_STREAM_WINDOW - 1  # no decline charged anything
+    c.data_to_send()
+    c.close_stream(sid)
+    c.data_to_send()
+    assert c.data_frame_now(sid, 3) is None  # half-closed
+    s = server()
+    s.receive_data(window(1, 0, FLAG_SYN), 0.0)
+    assert s.data_frame_now(1, 3) is None  # inbound, not acknowledged yet: send_data ACKs
+
+
 def test_syn_with_window_delta_grows_send_window(bytewise: bool) -> None:
     s = server()
     feed(s, window(1, 15 * MIB, FLAG_SYN), bytewise=bytewise)
