@@ -351,6 +351,20 @@ class YamuxSession:
             self._on_eof()
             return
         self._last_rx = self._now
+        n = len(data)
+        if n > HEADER_SIZE and type(data) is bytes and not (self._rx_left or self._rx_partial):
+            # The read is one plain Data frame (a lone message): _parse's fast path, inline.
+            version, ftype, flags, sid, length = _unpack_from(data, 0)
+            if ftype == TYPE_DATA and flags == 0 and version == 0 and length + HEADER_SIZE == n:
+                st = self._streams.get(sid)
+                if st is not None and length <= st.recv_credit and not st.remote_fin:
+                    st.recv_credit -= length
+                    st.recv_buffered += length
+                    ev = _new_object(DataReceived)
+                    _set_stream_id(ev, sid)
+                    _set_data(ev, data[HEADER_SIZE:])
+                    self._events.append(ev)
+                    return
         try:
             self._parse(data)
         finally:

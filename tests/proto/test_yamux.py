@@ -416,6 +416,23 @@ def test_window_update_at_half_consumption(bytewise: bool) -> None:
     assert not s.is_terminated
 
 
+def test_lone_data_frames_are_accounted_like_any_other(bytewise: bool) -> None:
+    """One plain Data frame per read (the request/response path): each is an event, charged
+    to the window, and consumption re-opens it as usual."""
+    s = YamuxSession(False, YamuxConfig(window_growth="off"), now=0.0)
+    feed(s, window(1, 0, FLAG_SYN), bytewise=bytewise)
+    s.accept_stream(1)
+    s.data_to_send()
+    for i in range(3):
+        body = bytes([i]) * 100 * KIB
+        assert feed(s, data(1, body), bytewise=bytewise) == [DataReceived(stream_id=1, data=body)]
+        if i < 2:
+            s.consume(1, len(body))
+    assert s.receive_window(1) == INITIAL_STREAM_WINDOW - 100 * KIB  # 200 KiB handed back
+    assert s.buffered(1) == 100 * KIB
+    assert parse_frames(s.data_to_send()) == [(TYPE_WINDOW_UPDATE, 0, 1, 200 * KIB, b"")]
+
+
 def test_window_not_reopened_without_consumption(bytewise: bool) -> None:
     """End-to-end backpressure: a reader that does not read grants nothing."""
     s = server()
