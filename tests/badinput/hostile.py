@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glueberry.proto.multistream import PROTOCOL_ID as MSS
-from glueberry.proto.multistream import MultistreamDialer, encode_message
+from glueberry.proto.multistream import MultistreamDialer, ProtocolSelected, encode_message
 from glueberry.proto.noise import HandshakeCompleted, NoiseHandshake, NoiseTransport
 from glueberry.proto.yamux_frames import (
     FLAG_ACK,
@@ -187,6 +187,7 @@ class Hostile:
                 machine.receive_data(data)
                 self.write(machine.data_to_send())
                 for ev in machine.events():
+                    assert isinstance(ev, ProtocolSelected)
                     self._pending = ev.trailing_data
                     return ev.protocol
 

@@ -25,7 +25,7 @@ from glueberry.errors import (
 )
 from glueberry.net.host import Host
 from glueberry.net.upgrader import yamux_muxer
-from glueberry.proto.multistream import MultistreamListener, encode_message
+from glueberry.proto.multistream import MultistreamListener, ProtocolSelected, encode_message
 from glueberry.proto.noise import SIGNATURE_PREFIX, NoiseHandshake
 from glueberry.proto.yamux import YamuxConfig
 from glueberry.wire import protobuf
@@ -278,7 +278,10 @@ async def test_b03_dialed_peer_id_mismatch() -> None:
             mss.receive_data(await reader.read(4096))
             writer.write(mss.data_to_send())
         noise = NoiseHandshake(False, impostor)
-        data = b"".join(ev.trailing_data for ev in mss.events())
+        data = b""
+        for ev in mss.events():
+            assert isinstance(ev, ProtocolSelected)
+            data += ev.trailing_data
         while True:
             noise.receive_data(data or await reader.read(4096))
             data = b""
@@ -361,12 +364,12 @@ async def test_b04_huge_certhashes_refused_on_the_length_prefix(
     ext = NoiseExtensions(webtransport_certhashes=(b"\x12\x20" + b"h" * 32,) * 600)
     h = await noise_attacker(target)
     msg3: list[bytes] = []
-    await h.secure(
-        ATTACKER_KEY,
-        target.peer_id,
-        payload=payload_with(extensions=ext),
-        msg3=lambda m: msg3.append(m) or m,
-    )
+
+    def record(m: bytes) -> bytes:
+        msg3.append(m)
+        return m
+
+    await h.secure(ATTACKER_KEY, target.peer_id, payload=payload_with(extensions=ext), msg3=record)
     assert len(msg3[0]) > 16384 + 2  # over the handshake message cap
     await assert_rejected_at_once(h, target)
     assert logged_error(debug_log, RemoteProtocolError)

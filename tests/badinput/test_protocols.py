@@ -213,7 +213,11 @@ async def test_b22_third_concurrent_ping_stream_is_reset(target: Target) -> None
             h.send(open_with(sid, PING_PROTOCOL, b"p" * 32, fin=False))
         await h.wait_reset(5)
         for sid in (1, 3):
-            await h.wait_for(lambda s=sid: h.stream_data(s).endswith(b"p" * 32))
+
+            def echoed(s: int = sid) -> bool:
+                return h.stream_data(s).endswith(b"p" * 32)
+
+            await h.wait_for(echoed)
             assert not any(f.flags & FLAG_RST for f in h.frames if f.sid == sid)
         assert target.ping.limiter.active(ATTACKER_KEY.peer_id) == 2
 

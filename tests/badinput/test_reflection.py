@@ -103,8 +103,10 @@ async def test_syn_reflection_from_a_peer_that_never_reads(fast_stall: float) ->
     connection is aborted with ConnectionLost; other peers are served."""
     async with running_target() as target:
         h = await target.secured()
-        h.writer.transport.pause_reading()
-        _small_buffer(h.writer.transport)
+        transport = h.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)  # a socket's: it reads too
+        transport.pause_reading()
+        _small_buffer(transport)
         await until(lambda: bool(target.host.connections()))
         (conn,) = target.host.connections()
         _small_buffer(conn._secure._raw._transport, socket.SO_SNDBUF)  # type: ignore[attr-defined]

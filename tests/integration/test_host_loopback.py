@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import gc
 import os
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, cast
 
 import pytest
 
@@ -39,7 +39,8 @@ ECHO = "/test/echo/1.0.0"
 
 
 async def echo_handler(stream: Stream) -> None:
-    async for chunk in stream:
+    # Every Stream iterates its chunks; the Protocol does not declare __aiter__.
+    async for chunk in cast(AsyncIterable[bytes], stream):
         await stream.write(chunk)
     await stream.close()
 
@@ -48,7 +49,7 @@ async def echo(stream: Stream, payload: bytes) -> bytes:
     await stream.write(payload)
     await stream.close_write()
     out = bytearray()
-    async for chunk in stream:
+    async for chunk in cast(AsyncIterable[bytes], stream):
         out += chunk
     return bytes(out)
 

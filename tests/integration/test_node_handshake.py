@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -84,7 +85,7 @@ def test_decoder_never_raises_anything_else(data: bytes) -> None:
 # --- the machine --------------------------------------------------------------------------
 
 
-def _sends(actions: list[object]) -> list[bytes]:
+def _sends(actions: Sequence[object]) -> list[bytes]:
     return [a.payload for a in actions if isinstance(a, Send)]
 
 

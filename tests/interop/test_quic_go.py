@@ -15,7 +15,8 @@ A missing go peer is a failure, never a skip (see tests/interop/conftest.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import pytest
 
@@ -166,8 +167,8 @@ class PythonQuicServer:
         self.connections.append(conn)
         conn.set_stream_handler(lambda s: self._spawn(self._serve(conn, s)))
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

@@ -7,6 +7,8 @@ correctly, and they exercise the process fixtures of ``conftest.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.interop.conftest import DialerFactory, ListenerFactory
@@ -62,9 +64,11 @@ def test_peer_pair(
     seen = lis.wait_event(lambda e: e.get("event") == "identified", what="identify")
     assert seen["agent_version"].startswith(f"glueberry-interop-{dialer}/")
     for proto in ("/glueberry-test/source/1.0.0", "/glueberry-test/sink/1.0.0"):
-        ev = lis.wait_event(
-            lambda e, p=proto: e.get("event") == "stream" and e.get("protocol") == p, what=proto
-        )
+
+        def served(e: dict[str, Any], p: str = proto) -> bool:
+            return e.get("event") == "stream" and e.get("protocol") == p
+
+        ev = lis.wait_event(served, what=proto)
         assert ev["ok"] and ev["bytes"] == 64 << 20
 
 
@@ -127,7 +131,7 @@ def test_unknown_or_missing_peer_fails_not_skips() -> None:
 # --- gbpeer: the Glueberry v1 wire on go-libp2p ----------------------------------------------
 
 #: shared/reference/glueberry-go-v1.md §2.9 (computed there in Python, not by Go).
-REFERENCE_VECTORS = {
+REFERENCE_KEYS: dict[str, dict[str, str]] = {
     "A": {
         "ed25519_pub": "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c",
         "peer_id": "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5",
@@ -140,6 +144,8 @@ REFERENCE_VECTORS = {
         "x25519_priv": "a83c626bc9c38c8c201878ebb1d5b0b50ac40e8986c78793db1d4ef369fca14e",
         "x25519_pub": "60346e7c911a5f6ba154129174cafe75b294ac3bbd5549632f48cec6266f8410",
     },
+}
+REFERENCE_VECTORS: dict[str, str] = {
     "x25519_shared": "4181d7302557342bdb6d061c4b1eebea828ecb625c3368b7111680793307220b",
     "stream_key": "5b7eb24d827b5976a95a65a1ec53336267eabd7288f6868fcc46e7ff1d9c19d3",
     "hello_blob": "000102030405060708090a0b80fbe2bb10b02de5c3016a4d05403eaf2b73581a81",
@@ -167,7 +173,7 @@ def test_gbpeer_vectors_match_the_reference() -> None:
     )
     v = json.loads(out.stdout)
     for who in ("A", "B"):
-        for key, want in REFERENCE_VECTORS[who].items():
+        for key, want in REFERENCE_KEYS[who].items():
             assert v[who][key] == want, (who, key)
     for key in ("x25519_shared", "stream_key", "hello_blob", "hello_frame"):
         assert v[key] == REFERENCE_VECTORS[key], key
@@ -181,9 +187,7 @@ def test_gbpeer_vectors_match_the_reference() -> None:
         "1MiB": "838040808040",
     }
     assert v["handshake"]["hello_frame"] == "08071480011001" + "0000"
-    assert (
-        v["handshake"]["pubkey_A"] == "1481011420" + REFERENCE_VECTORS["A"]["ed25519_pub"] + "0000"
-    )
+    assert v["handshake"]["pubkey_A"] == "1481011420" + REFERENCE_KEYS["A"]["ed25519_pub"] + "0000"
     # an independent recomputation with `cryptography`
     seed = bytes.fromhex(v["A"]["seed"])
     pub = Ed25519PrivateKey.from_private_bytes(seed).public_key()
@@ -195,10 +199,11 @@ def test_gbpeer_vectors_match_the_reference() -> None:
     xb = X25519PrivateKey.from_private_bytes(bytes.fromhex(v["B"]["x25519_priv"]))
     shared = xa.exchange(xb.public_key())
     assert shared.hex() == v["x25519_shared"]
-    key = HKDF(hashes.SHA256(), 32, None, b"glueberry-v1-stream-key").derive(shared)
-    assert key.hex() == v["stream_key"]
+    stream_key = HKDF(hashes.SHA256(), 32, None, b"glueberry-v1-stream-key").derive(shared)
+    assert stream_key.hex() == v["stream_key"]
     nonce = bytes.fromhex(v["hello_nonce"])
-    assert (nonce + ChaCha20Poly1305(key).encrypt(nonce, b"hello", None)).hex() == v["hello_blob"]
+    hello_blob = nonce + ChaCha20Poly1305(stream_key).encrypt(nonce, b"hello", None)
+    assert hello_blob.hex() == v["hello_blob"]
 
 
 @pytest.mark.parametrize("security", ["noise", "tls"])

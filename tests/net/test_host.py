@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, cast
 
 import pytest
 
@@ -200,7 +200,8 @@ ECHO = "/test/echo/1.0.0"
 
 
 async def echo_handler(stream: Stream) -> None:
-    async for chunk in stream:
+    # Every Stream iterates its chunks; the Protocol does not declare __aiter__.
+    async for chunk in cast(AsyncIterable[bytes], stream):
         await stream.write(chunk)
     await stream.close()
 
@@ -234,7 +235,7 @@ async def echo(stream: Stream, payload: bytes) -> bytes:
     await stream.write(payload)
     await stream.close_write()
     out = bytearray()
-    async for chunk in stream:
+    async for chunk in cast(AsyncIterable[bytes], stream):
         out += chunk
     return bytes(out)
 
@@ -565,8 +566,12 @@ async def test_spawn_is_owned_and_guarded() -> None:
             raise RuntimeError("service bug")
 
         forever = asyncio.Event()
+
+        async def wait_forever() -> None:
+            await forever.wait()
+
         t1 = ha.spawn(boom())
-        t2 = ha.spawn(forever.wait())
+        t2 = ha.spawn(wait_forever())
         await asyncio.sleep(0.01)
         assert t1.done() and t1.exception() is None  # logged, not propagated
         assert not t2.done()

@@ -29,7 +29,9 @@ async def _tcp_pair(host: str) -> tuple[TcpConnection, TcpConnection, TcpListene
 
 @pytest.fixture(params=["tcp4", "tcp6", "memory"])
 async def pair(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
-    listener = None
+    a: RawConnection
+    b: RawConnection
+    listener: TcpListener | None = None
     if request.param == "memory":
         a, b = memory_pair()
     else:

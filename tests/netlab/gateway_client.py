@@ -46,14 +46,14 @@ async def run(cmd: str, args: list[str]) -> dict[str, Any]:
             "service": client.service.service_type,
         }
     if cmd == "upnp-map":
-        m = await client.add_port_mapping(
+        mapping = await client.add_port_mapping(
             "tcp",
             int(args[0]),
             int(args[1]),
             internal_client=args[2] if len(args) > 2 else None,
             lease=600,
         )
-        return {"internal_client": m.internal_client}
+        return {"internal_client": mapping.internal_client}
     if cmd == "upnp-unmap":
         await client.delete_port_mapping("tcp", int(args[0]))
         return {}

@@ -168,4 +168,4 @@ def test_bad_book_path() -> None:
 
 def test_keyword_only_options() -> None:
     with pytest.raises(TypeError):
-        Config(KEY, None, [ADDR], 30.0)  # type: ignore[misc]
+        Config(KEY, None, [ADDR], 30.0)  # type: ignore[call-arg]  # options are keyword-only

@@ -126,7 +126,8 @@ def test_outbound_happy_path_and_handshake_timer() -> None:
     assert m.is_outbound and m.get_timer() == 32.0
     assert m.handle_timer(31.9) is None
     m.apply(T.HANDSHAKE_COMPLETED, 10.0)
-    assert m.state is S.ESTABLISHED and m.get_timer() is None
+    state: ConnectionState = m.state  # a fresh read: mypy keeps the CONNECTED from above
+    assert state is S.ESTABLISHED and m.get_timer() is None
 
 
 def test_handshake_timeout_cooldown_then_expiry() -> None:

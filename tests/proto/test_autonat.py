@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from glueberry.errors import LocalProtocolError, RemoteProtocolError
 from glueberry.proto import autonat as an
 from glueberry.wire import pb_nat as pb
 from glueberry.wire import varint
-from glueberry.wire.identity import PrivateKey
+from glueberry.wire.identity import PeerId, PrivateKey
 
 CLIENT = PrivateKey.from_seed(b"\x05" * 32).peer_id
 OTHER = PrivateKey.from_seed(b"\x06" * 32).peer_id
@@ -70,6 +71,7 @@ def test_v1_dial_failed() -> None:
     s.dial_failed("connection refused")
     pump(s, c, 1.0, False)
     (ev,) = list(c.events())
+    assert isinstance(ev, an.DialResponseReceived)
     assert ev.status is pb.AutoNATStatus.E_DIAL_ERROR and ev.status_text == "connection refused"
 
 
@@ -79,13 +81,14 @@ def refused(s: an.AutoNATv1Server, client: an.AutoNATv1Client) -> pb.AutoNATStat
     assert len(evs) == 1 and isinstance(evs[0], an.RequestRefused), evs
     pump(s, client, 0.0, False)
     (ev,) = list(client.events())
-    return ev.status  # type: ignore[no-any-return]
+    assert isinstance(ev, an.DialResponseReceived)
+    return ev.status
 
 
 def test_v1_refusals() -> None:
-    c = lambda addrs=(MY_ADDR,), pid=CLIENT: an.AutoNATv1Client(  # noqa: E731
-        peer_id=pid, addrs=list(addrs), now=0.0
-    )
+    def c(addrs: Sequence[bytes] = (MY_ADDR,), pid: PeerId = CLIENT) -> an.AutoNATv1Client:
+        return an.AutoNATv1Client(peer_id=pid, addrs=list(addrs), now=0.0)
+
     assert refused(v1_server(), c((THIRD_PARTY,))) is pb.AutoNATStatus.E_DIAL_REFUSED
     assert refused(v1_server(relayed=True), c()) is pb.AutoNATStatus.E_DIAL_REFUSED
     assert refused(v1_server(observed_ip=None), c()) is pb.AutoNATStatus.E_DIAL_REFUSED
@@ -108,6 +111,7 @@ def test_v1_only_first_16_addrs_considered() -> None:
     s = v1_server()
     s.receive_data(pb.frame(body), 0.0)
     (req,) = list(s.events())
+    assert isinstance(req, an.DialBackRequested)
     assert len(req.addrs) == 16
 
 
@@ -156,7 +160,9 @@ def test_v1_timeout_while_dialing() -> None:
     s.handle_timer(30.0)
     assert list(s.events()) == [an.AutoNATTimedOut(waited=30.0)]
     pump(s, c, 30.0, False)
-    assert next(c.events()).status is pb.AutoNATStatus.E_INTERNAL_ERROR
+    ev = next(c.events())
+    assert isinstance(ev, an.DialResponseReceived)
+    assert ev.status is pb.AutoNATStatus.E_INTERNAL_ERROR
     with pytest.raises(LocalProtocolError):
         s.dial_succeeded(MY_ADDR)
 
@@ -198,6 +204,7 @@ def test_v2_same_ip_with_dial_back(split: bool) -> None:
     assert res == an.DialResultReceived(
         status=pb.ResponseStatus.OK, addr=MY_ADDR, dial_status=pb.DialStatus.OK, verified=True
     )
+    assert isinstance(res, an.DialResultReceived)
     assert res.reachable is True
 
 
@@ -210,6 +217,7 @@ def test_v2_nonce_mismatch_is_not_trusted() -> None:
     s.dial_result(pb.DialStatus.OK)
     pump(s, c, 0.0, False)
     (res,) = list(c.events())
+    assert isinstance(res, an.DialResultReceived)
     assert not res.verified and res.reachable is None
 
 
@@ -222,10 +230,12 @@ def test_v2_dial_data_for_other_ip(split: bool) -> None:
     assert list(c.events()) == [an.DialDataRequested(addr_idx=0, num_bytes=10_000, accepted=True)]
     pump(c, s, 0.0, split)
     (req,) = list(s.events())
+    assert isinstance(req, an.DialBackRequested)
     assert req.addrs == (THIRD_PARTY,)
     s.dial_result(pb.DialStatus.E_DIAL_ERROR)
     pump(s, c, 0.0, split)
     (res,) = list(c.events())
+    assert isinstance(res, an.DialResultReceived)
     assert res.reachable is False
 
 
@@ -258,11 +268,12 @@ def test_v2_bad_input() -> None:
 
 
 def test_v2_refusals() -> None:
-    for kw, status in [
+    cases: list[tuple[dict[str, Any], pb.ResponseStatus]] = [
         ({"relayed": True}, pb.ResponseStatus.E_REQUEST_REJECTED),
         ({"observed_ip": None}, pb.ResponseStatus.E_REQUEST_REJECTED),
         ({}, pb.ResponseStatus.E_DIAL_REFUSED),
-    ]:
+    ]
+    for kw, status in cases:
         addrs = [pb.ip_tcp_multiaddr("10.1.1.1", 1)] if not kw else [MY_ADDR]
         c = an.AutoNATv2Client(addrs=addrs, nonce=1, now=0.0)
         s = v2_server(**kw)
@@ -270,4 +281,5 @@ def test_v2_refusals() -> None:
         assert isinstance(next(s.events()), an.RequestRefused)
         pump(s, c, 0.0, False)
         (res,) = list(c.events())
+        assert isinstance(res, an.DialResultReceived)
         assert res.status is status and res.reachable is None

@@ -53,6 +53,7 @@ def test_exchange_and_rtt(split: bool) -> None:
     assert timer is not None
     b.handle_timer(timer)
     (fire,) = list(b.events())
+    assert isinstance(fire, d.PunchTimeReached)
     assert fire.tcp_role == "server" and fire.remote_addrs == (A_PUB,)
     assert a.finished and b.finished
     # Both sides may close now.

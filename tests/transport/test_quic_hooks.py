@@ -15,6 +15,7 @@ import pytest
 from aioquic import tls
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from glueberry.transport import _aioquic_hooks as hooks
 from glueberry.wire import tlscert
@@ -140,9 +141,7 @@ def test_hook_peer_certificates() -> None:
     assert tlscert.peer_id_of(der, NOW) == PrivateKey.from_seed(b"\x01" * 32).peer_id
 
 
-def ssl_der():  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives.serialization import Encoding
-
+def ssl_der() -> Encoding:
     return Encoding.DER
 
 

@@ -743,7 +743,9 @@ def test_identity_file_other_formats() -> None:
     # kubo's config stores the protobuf in base64.
     b64 = base64.b64encode(key.to_protobuf()) + b"\n"
     assert decode_identity_file(b64).seed == key.seed
-    assert decode_identity_file(bytearray(key.to_protobuf())).seed == key.seed
+    # Any bytes-like object is read (the annotation says bytes).
+    data = bytearray(key.to_protobuf())
+    assert decode_identity_file(data).seed == key.seed  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

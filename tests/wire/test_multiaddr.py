@@ -321,9 +321,9 @@ def test_type_errors() -> None:
 def test_immutable_hashable_picklable() -> None:
     ma = Multiaddr(f"/ip4/1.2.3.4/tcp/1/p2p/{ED_PID}")
     with pytest.raises(AttributeError):
-        ma._bytes = b""  # type: ignore[misc]
+        ma._bytes = b""
     with pytest.raises(AttributeError):
-        ma.foo = 1  # type: ignore[attr-defined]
+        ma.foo = 1
     assert {ma: 1}[Multiaddr(str(ma))] == 1
     assert pickle.loads(pickle.dumps(ma)) == ma
     empty = ma.decapsulate("/ip4/1.2.3.4")

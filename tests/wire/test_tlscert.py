@@ -8,6 +8,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
@@ -174,16 +178,16 @@ def test_signed_key_too_large() -> None:
 _IDENTITY = PrivateKey.from_seed(b"\x42" * 32)
 
 
-def _spki(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
 def make_cert(
     *,
-    cert_key: object | None = None,
-    public_key: object | None = None,
+    cert_key: CertificateIssuerPrivateKeyTypes | None = None,
+    public_key: CertificatePublicKeyTypes | None = None,
     signed_key: bytes | None = None,
     signed_spki: bytes | None = None,
     identity: PrivateKey = _IDENTITY,
@@ -191,13 +195,13 @@ def make_cert(
     critical: bool = False,
     extra: list[tuple[x509.ExtensionType, bool]] | None = None,
     issuer: str = "1",
-    algorithm: hashes.HashAlgorithm | None = None,
+    algorithm: hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
     version_1: bool = False,
 ) -> bytes:
     """A certificate with every knob a hostile peer could turn."""
     if cert_key is None:
         cert_key = ec.generate_private_key(ec.SECP256R1())
-    pub = public_key if public_key is not None else cert_key.public_key()  # type: ignore[attr-defined]
+    pub = public_key if public_key is not None else cert_key.public_key()
     if signed_key is None:
         spki = signed_spki if signed_spki is not None else _spki(pub)
         sig = identity.sign(tlscert.SIGNATURE_PREFIX + spki)
@@ -220,7 +224,7 @@ def make_cert(
         builder = builder.add_extension(ext, critical=crit)
     if algorithm is None and not isinstance(cert_key, ed25519.Ed25519PrivateKey):
         algorithm = hashes.SHA256()
-    cert = builder.sign(cert_key, algorithm)  # type: ignore[arg-type]
+    cert = builder.sign(cert_key, algorithm)
     der = cert.public_bytes(serialization.Encoding.DER)
     if version_1:  # drop the [0] EXPLICIT version and patch the lengths (short certs only)
         assert der[:2] == b"\x30\x82" and der[4:6] == b"\x30\x82"
