@@ -24,6 +24,7 @@ lint: bootstrap
 	$(PYTHON) -m ruff check $(SRC)
 	$(PYTHON) -m ruff format --check $(SRC)
 
+# mypy --strict over the package and the tests (`strict` and `files` in pyproject.toml).
 typecheck: bootstrap
 	$(PYTHON) -m mypy
 
