@@ -4,7 +4,8 @@ events, AutoNAT v1 verdicts, configuration errors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -31,6 +32,7 @@ from glueberry.transport.circuit import dial_target
 from glueberry.wire.identity import PrivateKey
 
 LOOP = "/ip4/127.0.0.1/tcp/0"
+E = TypeVar("E", bound=NatEvent)
 
 
 class Node:
@@ -51,7 +53,7 @@ class Node:
             while not cond():  # noqa: ASYNC110 - state filled by the collector task
                 await asyncio.sleep(0.01)
 
-    def of(self, kind: type[NatEvent]) -> list[NatEvent]:
+    def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
 
     async def close(self) -> None:
@@ -61,11 +63,15 @@ class Node:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+NodeFactory = Callable[..., Awaitable[Node]]
+"""``await node_factory(**NatConfig options)``: a started host with a NatManager."""
+
+
 @pytest.fixture
-async def node_factory() -> AsyncIterator[Callable[..., object]]:
+async def node_factory() -> AsyncIterator[NodeFactory]:
     nodes: list[Node] = []
 
-    async def make(**kw: object) -> Node:
+    async def make(**kw: Any) -> Node:
         host = Host(
             PrivateKey.generate(),
             listen_addrs=[LOOP],
@@ -74,7 +80,7 @@ async def node_factory() -> AsyncIterator[Callable[..., object]]:
         await host.start()
         register_test_protocols(host, bench=False)
         kw.setdefault("enable_autonat", False)
-        nat = NatManager(host, NatConfig(**kw))  # type: ignore[arg-type]
+        nat = NatManager(host, NatConfig(**kw))
         await nat.start()
         node = Node(host, nat)
         nodes.append(node)
@@ -85,14 +91,14 @@ async def node_factory() -> AsyncIterator[Callable[..., object]]:
         await n.close()
 
 
-async def test_relay_service_is_off_by_default(node_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_relay_service_is_off_by_default(node_factory: NodeFactory) -> None:
     plain: Node = await node_factory()
     assert HOP_PROTOCOL not in plain.host.protocols
     relay: Node = await node_factory(enable_relay_service=True, enable_relay_client=False)
     assert HOP_PROTOCOL in relay.host.protocols
 
 
-async def test_reservation_relayed_dial_and_limit_event(node_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_reservation_relayed_dial_and_limit_event(node_factory: NodeFactory) -> None:
     relay: Node = await node_factory(
         enable_relay_service=True,
         enable_relay_client=False,
@@ -107,7 +113,7 @@ async def test_reservation_relayed_dial_and_limit_event(node_factory) -> None:  
     assert rsvp.limit is not None and rsvp.limit.data == 32 * 1024
     # The relayed address is advertised: in the host's addresses and an event.
     assert a.nat.relay_addrs and set(a.nat.relay_addrs) <= set(a.host.addrs)
-    await a.until(lambda: any(e.relayed for e in a.of(ExternalAddrsChanged)))  # type: ignore[attr-defined]
+    await a.until(lambda: any(e.relayed for e in a.of(ExternalAddrsChanged)))
 
     b: Node = await node_factory(enable_hole_punching=False, enable_relay_client=True)
     target = a.nat.relay_addrs[0].with_p2p(a.host.peer_id)

@@ -4,7 +4,7 @@ the circuit, limits surfaced as errors and events, refusals."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,6 +14,7 @@ from glueberry.nat.events import NatEvent, RelayCircuitLimitReached
 from glueberry.nat.relay_client import RelayClient
 from glueberry.nat.relay_service import RelayService
 from glueberry.net.host import Host, HostConfig
+from glueberry.net.muxer import YamuxConnection
 from glueberry.net.testprotocols import (
     ECHO_PROTOCOL,
     SINK_PROTOCOL,
@@ -61,8 +62,12 @@ class Net:
     relay_addr: Multiaddr
 
 
+MakeNet = Callable[..., Awaitable[Net]]
+"""``await make_net(limits=None)``: a relay and two peers, started."""
+
+
 @pytest.fixture
-async def make_net() -> AsyncIterator[object]:
+async def make_net() -> AsyncIterator[MakeNet]:
     stack: list[Host] = []
 
     async def build(limits: RelayLimits | None = None) -> Net:
@@ -98,7 +103,7 @@ async def reserve_and_listen(net: Net) -> Multiaddr:
     return rsvp.addrs[0].with_p2p(net.a.host.peer_id)
 
 
-async def test_reserve_then_dial_through_the_relay(make_net) -> None:  # type: ignore[no-untyped-def]
+async def test_reserve_then_dial_through_the_relay(make_net: MakeNet) -> None:
     net: Net = await make_net()
     target = await reserve_and_listen(net)
     assert target.is_relayed
@@ -119,7 +124,7 @@ async def test_reserve_then_dial_through_the_relay(make_net) -> None:  # type: i
     assert net.service.stats["circuits"] == 1 and net.service.stats["reservations"] == 1
 
 
-async def test_plain_connect_with_a_circuit_address(make_net) -> None:  # type: ignore[no-untyped-def]
+async def test_plain_connect_with_a_circuit_address(make_net: MakeNet) -> None:
     """``host.connect`` alone (no ``dial_target``): the host keeps the destination."""
     net: Net = await make_net()
     target = await reserve_and_listen(net)
@@ -128,7 +133,7 @@ async def test_plain_connect_with_a_circuit_address(make_net) -> None:  # type: 
     await echo_pattern(await net.b.host.new_stream(net.a.host.peer_id, [ECHO_PROTOCOL]), 100)
 
 
-async def test_dial_without_reservation_is_refused(make_net) -> None:  # type: ignore[no-untyped-def]
+async def test_dial_without_reservation_is_refused(make_net: MakeNet) -> None:
     net: Net = await make_net()
     await net.a.host.connect(net.relay.host.peer_id, [net.relay_addr])
     addr = net.relay_addr.encapsulate("/p2p-circuit").with_p2p(net.a.host.peer_id)
@@ -136,7 +141,7 @@ async def test_dial_without_reservation_is_refused(make_net) -> None:  # type: i
         await net.b.host.connect(net.a.host.peer_id, [addr])
 
 
-async def test_target_not_listening_refuses_stop(make_net) -> None:  # type: ignore[no-untyped-def]
+async def test_target_not_listening_refuses_stop(make_net: MakeNet) -> None:
     net: Net = await make_net()
     rsvp = await RelayClient(net.a.host).reserve(net.relay.host.peer_id, [net.relay_addr])
     addr = rsvp.addrs[0].with_p2p(net.a.host.peer_id)  # A never listens on /p2p-circuit
@@ -145,7 +150,7 @@ async def test_target_not_listening_refuses_stop(make_net) -> None:  # type: ign
     assert net.a.circuit.refused_stop == 1
 
 
-async def test_data_limit_is_an_error_and_an_event(make_net) -> None:  # type: ignore[no-untyped-def]
+async def test_data_limit_is_an_error_and_an_event(make_net: MakeNet) -> None:
     net: Net = await make_net(RelayLimits(circuit_data=16 * 1024, circuit_duration=0))
     target = await reserve_and_listen(net)
     with dial_target(net.a.host.peer_id):
@@ -164,21 +169,22 @@ async def test_data_limit_is_an_error_and_an_event(make_net) -> None:  # type: i
     assert not net.b.host.connections(net.a.host.peer_id)
 
 
-async def test_duration_limit_is_an_error_and_an_event(make_net) -> None:  # type: ignore[no-untyped-def]
+async def test_duration_limit_is_an_error_and_an_event(make_net: MakeNet) -> None:
     net: Net = await make_net(RelayLimits(circuit_data=0, circuit_duration=1))
     target = await reserve_and_listen(net)
     with dial_target(net.a.host.peer_id):
         conn = await net.b.host.connect(net.a.host.peer_id, [target])
     stream = await net.b.host.new_stream(net.a.host.peer_id, [ECHO_PROTOCOL])
     await echo_pattern(stream, 1000)
+    assert isinstance(conn, YamuxConnection)  # yamux over the circuit
     async with asyncio.timeout(5):
-        await conn.wait_closed()  # type: ignore[attr-defined]
+        await conn.wait_closed()
     await until(lambda: bool(net.a.limits_hit and net.b.limits_hit))
     assert net.b.limits_hit[0][1] == "duration"
     assert net.a.limits_hit[0][1] == "duration"
 
 
-async def test_relay_resets_when_the_limit_is_spent(make_net) -> None:  # type: ignore[no-untyped-def]
+async def test_relay_resets_when_the_limit_is_spent(make_net: MakeNet) -> None:
     """The relay's own enforcement, seen from a peer that does not respect the limit."""
     net: Net = await make_net(RelayLimits(circuit_data=8192, circuit_duration=0))
     net.a.circuit.enforce_limits = False
