@@ -316,7 +316,8 @@ def section(raw: dict[str, list[dict[str, Any]]], a: argparse.Namespace, started
         "on a single thread per process, where Go's runtime also spreads work over both cores.",
         "Round trips between two processes vary run to run on virtual machines (a sleeping",
         "process may wake hundreds of µs late; Go's scheduler spins before it parks): compare",
-        "several runs before reading the RTT ratio.",
+        "several runs before reading the RTT ratio. Where a round trip's time goes on each",
+        "side: `python3 bench/rtt_timeline.py` (below).",
         END,
     ]
     return "\n".join(out)
