@@ -11,7 +11,7 @@ below with ``raise ... from exc``; nothing is ever classified by its message tex
     ├── ConfigError
     ├── NodeStateError                  (not started / already started / stopped)
     ├── TransportError
-    │   ├── ConnectError
+    │   ├── ConnectError                .errors
     │   │   └── ConnectTimeout
     │   └── ConnectionLost
     ├── ProtocolError                   .protocol
@@ -27,7 +27,7 @@ below with ``raise ... from exc``; nothing is ever classified by its message tex
     │   ├── StreamClosed                we closed it
     │   └── StreamReset                 the peer or the transport reset it
     ├── ResourceLimitExceeded           .limit names which limit
-    ├── PeerBlacklisted
+    ├── PeerBlacklisted                 .errors
     ├── PeerNotFound
     ├── InvalidTransition               illegal state-machine transition
     └── Backpressure
@@ -39,6 +39,7 @@ End of stream is not an error: ``async for`` simply ends.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -120,8 +121,27 @@ class TransportError(GlueberryError):
 
 
 class ConnectError(TransportError):
+    """A connection could not be established.
+
+    ``errors`` holds the per-address errors of a failed dial: one ``(address, exception)``
+    pair per address, in dial order (the address is a
+    :class:`~glueberry.wire.multiaddr.Multiaddr`). A dial over several addresses that all
+    failed fills it; it is empty otherwise (a dial of a single address raises that
+    address's own error).
+    """
+
     code = ErrorCode.CONNECTION_FAILED
     retriable = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        errors: Iterable[tuple[object, BaseException]] = (),
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.errors: list[tuple[object, BaseException]] = list(errors)
 
 
 class ConnectTimeout(ConnectError):
@@ -217,7 +237,23 @@ class ResourceLimitExceeded(GlueberryError):
 
 
 class PeerBlacklisted(GlueberryError):
+    """The connection gater refused the peer or its address.
+
+    ``errors`` is as for :class:`ConnectError`: filled when a dial over several addresses
+    failed because every one of them was refused, empty otherwise.
+    """
+
     code = ErrorCode.PEER_BLACKLISTED
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        errors: Iterable[tuple[object, BaseException]] = (),
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.errors: list[tuple[object, BaseException]] = list(errors)
 
 
 class PeerNotFound(GlueberryError, LookupError):

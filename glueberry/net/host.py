@@ -488,11 +488,12 @@ class Host:
         return self._tg
 
     def spawn(
-        self, coro: Coroutine[Any, Any, None], *, name: str | None = None
+        self, coro: Coroutine[Any, Any, object], *, name: str | None = None
     ) -> asyncio.Task[None]:
         """Run ``coro`` in the host's task group (cancelled by :meth:`close`).
 
-        An exception it raises is logged, never propagated to the group.
+        Its result is discarded; an exception it raises is logged, never propagated to the
+        group.
 
         Raises:
             NodeStateError: the host is not running (``coro`` is closed).
@@ -512,7 +513,7 @@ class Host:
         return task
 
     @staticmethod
-    async def _guard(coro: Awaitable[None]) -> None:
+    async def _guard(coro: Awaitable[object]) -> None:
         try:
             await coro
         except Exception:
@@ -1014,15 +1015,15 @@ class Host:
         if len(errors) == 1:
             return errors[0][1]
         kinds = {type(e) for _, e in errors}
-        kind: type[GlueberryError] = ConnectError
+        kind: type[ConnectError | PeerBlacklisted] = ConnectError
         if kinds == {PeerBlacklisted}:
             kind = PeerBlacklisted
         elif kinds == {ConnectTimeout}:
             kind = ConnectTimeout
         shown = "; ".join(f"{addr}: {exc!r}" for addr, exc in errors[:8])
         more = f"; and {len(errors) - 8} more" if len(errors) > 8 else ""
-        err = kind(f"all {len(errors)} addresses failed: {shown}{more}", peer_id=peer_id)
-        err.errors = errors  # type: ignore[attr-defined]
+        message = f"all {len(errors)} addresses failed: {shown}{more}"
+        err = kind(message, peer_id=peer_id, errors=errors)
         err.__cause__ = errors[-1][1]
         return err
 

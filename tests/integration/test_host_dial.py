@@ -175,19 +175,19 @@ async def test_all_fail_error_lists_every_address() -> None:
             await a.connect(other, addrs)
         err = info.value
         assert type(err) is ConnectError
-        listed = [str(addr) for addr, _ in err.errors]  # type: ignore[attr-defined]
+        listed = [str(addr) for addr, _ in err.errors]
         assert listed == [str(s.addr) for s in rank_addrs([Multiaddr(x) for x in addrs])]
         assert sorted(listed) == sorted(addrs)
         for addr in addrs:
             assert addr in str(err)
-        kinds = {str(addr): type(e) for addr, e in err.errors}  # type: ignore[attr-defined]
+        kinds = {str(addr): type(e) for addr, e in err.errors}
         assert kinds[silent[0]] is ConnectTimeout
         assert a.limiter.connections == 0
     # every address timed out: a ConnectTimeout that still lists them all
     async with silent_listeners(2) as (silent, _), make_host(1, dial_address_timeout=0.3) as a:
         with pytest.raises(ConnectTimeout) as tinfo:
             await a.connect(other, silent)
-        assert len(tinfo.value.errors) == 2  # type: ignore[attr-defined]
+        assert len(tinfo.value.errors) == 2
 
 
 async def test_dial_timeout_bounds_the_whole_dial() -> None:
@@ -203,7 +203,7 @@ async def test_dial_timeout_bounds_the_whole_dial() -> None:
         with pytest.raises(ConnectTimeout) as info:
             await a.connect(other, silent)
         assert loop.time() - t0 < 1.5
-        errors = info.value.errors  # type: ignore[attr-defined]
+        errors = info.value.errors
         assert len(errors) == 3 and len(accepted) == 2
         assert "not dialed" in str(errors[-1][1])
 
@@ -219,7 +219,7 @@ async def test_limit_stops_further_attempts_and_gater_skips_an_address() -> None
         # and nothing after it is tried
         with pytest.raises(ConnectError) as info:
             await a.connect(b.peer_id, [silent[0], str(b.addrs[0]), dead])
-        errors = info.value.errors  # type: ignore[attr-defined]
+        errors = info.value.errors
         assert len(errors) == 2
         assert isinstance(errors[1][1], ResourceLimitExceeded)
         assert not b.connections() and a.limiter.connections == 0
