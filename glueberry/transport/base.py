@@ -18,7 +18,7 @@ Callback order for a receiver: ``data_received* [eof_received] connection_lost``
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from glueberry.wire.identity import PeerId, PublicKey
@@ -77,6 +77,7 @@ class RawConnection(Protocol):
     async def wait_closed(self) -> None: ...
 
 
+@runtime_checkable
 class SecureConnection(RawConnection, Protocol):
     """A raw connection after the security handshake (Noise or TLS).
 
@@ -100,6 +101,9 @@ class Stream(Protocol):
     Reads return ``b""`` at end of stream (EOF is not an error); a reset raises
     :class:`glueberry.errors.StreamReset`. ``write`` waits under backpressure (yamux window,
     QUIC flow control, transport buffer), so a slow reader slows the writer end to end.
+
+    A stream is its own async iterator: ``async for chunk in stream`` yields what each
+    :meth:`read` returns and ends at end of stream.
     """
 
     #: Negotiated protocol ID ("" until multistream-select finishes on this stream).
@@ -136,6 +140,12 @@ class Stream(Protocol):
     @property
     def is_closed(self) -> bool: ...
 
+    def __aiter__(self) -> Self: ...
+
+    async def __anext__(self) -> bytes:
+        """The next chunk :meth:`read` returns; ``StopAsyncIteration`` at end of stream."""
+        ...
+
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
 
@@ -162,6 +172,10 @@ class MuxedConnection(Protocol):
 
     async def close(self) -> None:
         """Graceful close (yamux GoAway, QUIC CONNECTION_CLOSE) and wait for teardown."""
+        ...
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone, whoever closed it (or it was lost)."""
         ...
 
     @property

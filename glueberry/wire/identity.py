@@ -390,7 +390,7 @@ def encode_identity_file(key: PrivateKey) -> bytes:
     return key.to_protobuf()
 
 
-def decode_identity_file(data: bytes) -> PrivateKey:
+def decode_identity_file(data: bytes | bytearray | memoryview) -> PrivateKey:
     """Read the identity-file bytes written by :func:`encode_identity_file`.
 
     Also accepted, for keys made elsewhere: the base64 text of the protobuf (kubo's

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterable
-from typing import cast
 
 import pytest
 
@@ -41,8 +39,7 @@ async def read_all(stream: Stream) -> bytes:
 
 async def echo(stream: Stream) -> None:
     """Echo until EOF, then half-close."""
-    # Every Stream iterates its chunks; the Protocol does not declare __aiter__.
-    async for chunk in cast(AsyncIterable[bytes], stream):
+    async for chunk in stream:
         await stream.write(chunk)
     await stream.close_write()
 
@@ -157,7 +154,7 @@ async def test_async_iteration(make: HarnessFactory) -> None:
         for i in range(10):
             await local.write(bytes([i]) * 100)
         await local.close_write()
-        chunks = [c async for c in cast(AsyncIterable[bytes], remote)]
+        chunks = [c async for c in remote]
         assert b"".join(chunks) == b"".join(bytes([i]) * 100 for i in range(10))
 
 

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import gc
 import os
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -39,8 +39,7 @@ ECHO = "/test/echo/1.0.0"
 
 
 async def echo_handler(stream: Stream) -> None:
-    # Every Stream iterates its chunks; the Protocol does not declare __aiter__.
-    async for chunk in cast(AsyncIterable[bytes], stream):
+    async for chunk in stream:
         await stream.write(chunk)
     await stream.close()
 
@@ -49,7 +48,7 @@ async def echo(stream: Stream, payload: bytes) -> bytes:
     await stream.write(payload)
     await stream.close_write()
     out = bytearray()
-    async for chunk in cast(AsyncIterable[bytes], stream):
+    async for chunk in stream:
         out += chunk
     return bytes(out)
 

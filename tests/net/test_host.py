@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -200,8 +200,7 @@ ECHO = "/test/echo/1.0.0"
 
 
 async def echo_handler(stream: Stream) -> None:
-    # Every Stream iterates its chunks; the Protocol does not declare __aiter__.
-    async for chunk in cast(AsyncIterable[bytes], stream):
+    async for chunk in stream:
         await stream.write(chunk)
     await stream.close()
 
@@ -235,7 +234,7 @@ async def echo(stream: Stream, payload: bytes) -> bytes:
     await stream.write(payload)
     await stream.close_write()
     out = bytearray()
-    async for chunk in cast(AsyncIterable[bytes], stream):
+    async for chunk in stream:
         out += chunk
     return bytes(out)
 
@@ -372,7 +371,7 @@ async def test_connect_errors() -> None:
             await ha.connect(other, ["/ip4/127.0.0.1/tcp/9"])
         with pytest.raises(ConnectError) as info:
             await ha.connect(other, ["/ip4/127.0.0.1/tcp/9", "/ip4/127.0.0.1/tcp/10"])
-        assert len(info.value.errors) == 2  # type: ignore[attr-defined]
+        assert len(info.value.errors) == 2
         with pytest.raises(ConnectError):
             await ha.connect(other, ["/ip4/127.0.0.1/udp/9/quic-v1"])
 
@@ -446,7 +445,7 @@ async def test_gater_on_accept_dial_and_secured() -> None:
         except (ConnectionLost, ConnectError):
             pass
         else:
-            await asyncio.wait_for(conn.wait_closed(), 5)  # type: ignore[attr-defined]
+            await asyncio.wait_for(conn.wait_closed(), 5)
         assert not hb.connections()
         gate_b.unblock_peer(ha.peer_id)
         # by address, on accept (memory connections come from 127.0.0.1)

@@ -270,7 +270,7 @@ async def test_gater_accept_secured_and_dial_over_quic() -> None:
             pass
         else:
             async with asyncio.timeout(5):
-                await conn.wait_closed()  # type: ignore[attr-defined]
+                await conn.wait_closed()
         assert hb.refused_inbound["gater"] == before + 1
         assert not hb.connections() and hb.limiter.connections == 0
         gate_b.unblock_peer(ha.peer_id)

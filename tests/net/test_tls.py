@@ -63,7 +63,7 @@ async def test_handshake_and_data(max_chunk: int | None) -> None:
     client, server = await secured(max_chunk=max_chunk)
     # SecureConnection is not marked @runtime_checkable itself; on 3.11 it inherits the flag
     # from RawConnection, so this checks every SecureConnection member at run time.
-    assert isinstance(client, SecureConnection)  # type: ignore[misc]
+    assert isinstance(client, SecureConnection)
     assert client.remote_peer == BOB.peer_id
     assert server.remote_peer == ALICE.peer_id
     assert client.remote_public_key == BOB.public_key

@@ -743,9 +743,10 @@ def test_identity_file_other_formats() -> None:
     # kubo's config stores the protobuf in base64.
     b64 = base64.b64encode(key.to_protobuf()) + b"\n"
     assert decode_identity_file(b64).seed == key.seed
-    # Any bytes-like object is read (the annotation says bytes).
+    # Any bytes-like object is read.
     data = bytearray(key.to_protobuf())
-    assert decode_identity_file(data).seed == key.seed  # type: ignore[arg-type]
+    assert decode_identity_file(data).seed == key.seed
+    assert decode_identity_file(memoryview(key.to_bytes())).seed == key.seed
 
 
 @pytest.mark.parametrize(
