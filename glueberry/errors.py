@@ -120,18 +120,12 @@ class TransportError(GlueberryError):
     code = ErrorCode.TRANSPORT_ERROR
 
 
-class ConnectError(TransportError):
-    """A connection could not be established.
-
-    ``errors`` holds the per-address errors of a failed dial: one ``(address, exception)``
-    pair per address, in dial order (the address is a
+class _DialErrors(GlueberryError):
+    """Carries ``errors``: the per-address errors of a failed dial, one ``(address,
+    exception)`` pair per address in dial order (the address is a
     :class:`~glueberry.wire.multiaddr.Multiaddr`). A dial over several addresses that all
     failed fills it; it is empty otherwise (a dial of a single address raises that
-    address's own error).
-    """
-
-    code = ErrorCode.CONNECTION_FAILED
-    retriable = True
+    address's own error)."""
 
     def __init__(
         self,
@@ -142,6 +136,13 @@ class ConnectError(TransportError):
     ) -> None:
         super().__init__(message, **kw)
         self.errors: list[tuple[object, BaseException]] = list(errors)
+
+
+class ConnectError(TransportError, _DialErrors):
+    """A connection could not be established; ``errors``: see :class:`_DialErrors`."""
+
+    code = ErrorCode.CONNECTION_FAILED
+    retriable = True
 
 
 class ConnectTimeout(ConnectError):
@@ -236,24 +237,11 @@ class ResourceLimitExceeded(GlueberryError):
         self.remote = remote
 
 
-class PeerBlacklisted(GlueberryError):
-    """The connection gater refused the peer or its address.
-
-    ``errors`` is as for :class:`ConnectError`: filled when a dial over several addresses
-    failed because every one of them was refused, empty otherwise.
-    """
+class PeerBlacklisted(_DialErrors):
+    """The connection gater refused the peer or its address; ``errors`` (as for
+    :class:`ConnectError`) is filled when every address of a dial was refused."""
 
     code = ErrorCode.PEER_BLACKLISTED
-
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        errors: Iterable[tuple[object, BaseException]] = (),
-        **kw: Any,
-    ) -> None:
-        super().__init__(message, **kw)
-        self.errors: list[tuple[object, BaseException]] = list(errors)
 
 
 class PeerNotFound(GlueberryError, LookupError):

@@ -282,7 +282,6 @@ class _Conn:
         "tasks",
         "tg",
         "transport",
-        "trimmed",
     )
 
     def __init__(
@@ -305,7 +304,6 @@ class _Conn:
         self.opened_at = time.monotonic()
         self.connected_at = 0.0  # registered, on the connection manager's clock
         self.closed = False
-        self.trimmed = False  # closed by the connection manager
 
 
 class _Dial:
@@ -386,6 +384,8 @@ class Host:
         self.conn_manager: ConnManager[PeerId] = ConnManager(cfg.conn_manager)
         self._clock: Clock = cfg.clock if cfg.clock is not None else LoopClock()
         self._trim_timer: TimerHandle | None = None
+        #: Connections the connection manager closes, from the trim until their
+        #: ``on_disconnected`` listeners have run.
         self._trimmed_closing: set[MuxedConnection] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -1211,7 +1211,8 @@ class Host:
                 del self._by_peer[peer]
                 self.conn_manager.forget(peer)
         self.peerstore.unprotect(peer)
-        logger.debug("disconnected from %s%s", peer, " (trimmed)" if rec.trimmed else "")
+        trimmed = muxed in self._trimmed_closing
+        logger.debug("disconnected from %s%s", peer, " (trimmed)" if trimmed else "")
         self._notify(False, muxed)
         self._trimmed_closing.discard(muxed)
 
@@ -1241,10 +1242,7 @@ class Host:
     def was_trimmed(self, conn: MuxedConnection) -> bool:
         """Whether ``conn`` was closed by the connection manager (true from the trim until
         the ``on_disconnected`` listeners of ``conn`` have run)."""
-        if conn in self._trimmed_closing:
-            return True
-        rec = self._conns.get(conn)
-        return rec is not None and rec.trimmed
+        return conn in self._trimmed_closing
 
     async def trim_connections(self) -> int:
         """Trim now (go's ``TrimOpenConns``): close the least valuable connections until
@@ -1268,7 +1266,9 @@ class Host:
         return [
             rec
             for rec in self._conns.values()
-            if rec.muxed is not None and not rec.muxed.is_closed and not rec.trimmed
+            if rec.muxed is not None
+            and not rec.muxed.is_closed
+            and rec.muxed not in self._trimmed_closing
         ]
 
     def _check_trim(self) -> None:
@@ -1333,7 +1333,6 @@ class Host:
         )
         for rec in selected:
             assert rec.muxed is not None
-            rec.trimmed = True
             self._trimmed_closing.add(rec.muxed)
             logger.debug(
                 "connection manager: closing %s connection to %s",
@@ -1466,8 +1465,8 @@ class Host:
 
 
 async def _wait_muxed_closed(muxed: MuxedConnection) -> None:
-    """Until the muxed connection is gone, for any reason (muxers provide ``wait_closed``)."""
-    await cast("Any", muxed).wait_closed()
+    """Until the muxed connection is gone, for any reason."""
+    await muxed.wait_closed()
 
 
 def _abort(rec: _Conn) -> None:
