@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_glueberry import stop  # noqa: E402  (bench/ is a directory of scripts)
 
 # The wrapper each process runs: patch, then hand over to gb_bench_peer.main.
 WRAPPER = r"""
@@ -137,9 +140,7 @@ def main() -> int:
                 check=True,
             )
         finally:
-            assert listener.stdin is not None
-            listener.stdin.close()  # EOF on stdin: the listener stops and writes its file
-            listener.wait(10)
+            stop(listener)  # stdin EOF, then SIGTERM: either way it exits and writes its file
         result: dict[str, Any] = json.loads(dial.stdout.strip().splitlines()[-1])
         data = {side: complete(json.loads(Path(p).read_text())) for side, p in outs.items()}
     print(f"round trip median {result['rtt_us_median']:.0f} µs ({args.rtt_n} round trips)")
